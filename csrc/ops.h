@@ -1,0 +1,43 @@
+// Declarations shared by the operator implementations (CPU, CUDA, autograd).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+
+namespace mlpolar {
+
+// Degree d such that ncart(d) == ncols; throws for column counts that are no packed degree.
+int degree_of_columns(int64_t ncols, const char* what);
+
+// Site-major cell list for a periodic box, built with device-agnostic torch ops.
+struct CellList {
+  at::Tensor cell_of;     // [n] int32
+  at::Tensor cell_start;  // [ncell + 1] int32
+  at::Tensor cell_atoms;  // [n] int32
+  std::array<int, 3> ncell{1, 1, 1};
+};
+CellList build_cell_list(const at::Tensor& positions, const at::Tensor& box, double cutoff);
+
+// Box as 9 host numbers (row-major, rows = a, b, c), validated for OpenMM's reduced form.
+std::array<double, 9> host_box(const at::Tensor& box, double cutoff);
+
+// Device kernels (CPU in realspace_cpu.cpp / pme_cpu.cpp, CUDA in cuda_dispatch.cpp).
+at::Tensor multipole_field_cpu(const at::Tensor& positions, const at::Tensor& coeffs,
+                               const c10::optional<at::Tensor>& widths, const c10::optional<at::Tensor>& box,
+                               const at::Tensor& excl_ptr, const at::Tensor& excl_idx, double cutoff, double beta,
+                               int64_t deg_out, bool include_self);
+at::Tensor multipole_virial_cpu(const at::Tensor& positions, const at::Tensor& coeffs,
+                                const c10::optional<at::Tensor>& widths, const c10::optional<at::Tensor>& box,
+                                const at::Tensor& excl_ptr, const at::Tensor& excl_idx, double cutoff, double beta,
+                                bool include_self, const at::Tensor& grad_field);
+at::Tensor pme_spread_cpu(const at::Tensor& grid_positions, const at::Tensor& coeffs, at::IntArrayRef grid_size,
+                          int64_t order);
+at::Tensor pme_gather_cpu(const at::Tensor& grid_positions, const at::Tensor& grid, int64_t deg, int64_t order);
+
+// Argument checks common to every device.
+void check_field_args(const at::Tensor& positions, const at::Tensor& coeffs, const c10::optional<at::Tensor>& widths,
+                      const c10::optional<at::Tensor>& box, const at::Tensor& excl_ptr, const at::Tensor& excl_idx,
+                      int64_t deg_total);
+void check_pme_args(const at::Tensor& grid_positions, const at::Tensor& coeffs_or_grid, int64_t deg, int64_t order);
+
+}  // namespace mlpolar

@@ -1,0 +1,65 @@
+// CPU real-space kernels: OpenMP over sites; each site gathers from its partners.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include "ops.h"
+#include "realspace_args.h"
+
+namespace mlpolar {
+namespace {
+
+template <int L>
+struct FieldLoop {
+  template <typename T>
+  static void run(const RealSpaceArgs<T>& a, T* out) {
+    const int nout = ncart(a.dout);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int i = 0; i < a.n; ++i) field_at_site<L>(a, i, out + (int64_t)i * nout);
+  }
+};
+
+template <int L>
+struct VirialLoop {
+  template <typename T>
+  static void run(const RealSpaceArgs<T>& a, T* out) {
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int i = 0; i < a.n; ++i) virial_at_site<L>(a, i, out + (int64_t)i * 9);
+  }
+};
+
+}  // namespace
+
+at::Tensor multipole_field_cpu(const at::Tensor& positions, const at::Tensor& coeffs,
+                               const c10::optional<at::Tensor>& widths, const c10::optional<at::Tensor>& box,
+                               const at::Tensor& excl_ptr, const at::Tensor& excl_idx, double cutoff, double beta,
+                               int64_t deg_out, bool include_self) {
+  const int din = degree_of_columns(coeffs.size(1), "coeffs");
+  check_field_args(positions, coeffs, widths, box, excl_ptr, excl_idx, din + deg_out);
+  at::Tensor out = at::empty({positions.size(0), (int64_t)ncart((int)deg_out)}, positions.options());
+  AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "multipole_field_cpu", [&] {
+    auto in = make_realspace_inputs<scalar_t>(positions, coeffs, widths, box, excl_ptr, excl_idx, cutoff, beta,
+                                              (int)deg_out, include_self);
+    dispatch_degree<FieldLoop>(din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+at::Tensor multipole_virial_cpu(const at::Tensor& positions, const at::Tensor& coeffs,
+                                const c10::optional<at::Tensor>& widths, const c10::optional<at::Tensor>& box,
+                                const at::Tensor& excl_ptr, const at::Tensor& excl_idx, double cutoff, double beta,
+                                bool include_self, const at::Tensor& grad_field) {
+  const int din = degree_of_columns(coeffs.size(1), "coeffs");
+  const int dout = degree_of_columns(grad_field.size(1), "grad_field");
+  check_field_args(positions, coeffs, widths, box, excl_ptr, excl_idx, din + dout + 1);
+  at::Tensor per_site = at::empty({positions.size(0), 9}, positions.options());
+  AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "multipole_virial_cpu", [&] {
+    auto in = make_realspace_inputs<scalar_t>(positions, coeffs, widths, box, excl_ptr, excl_idx, cutoff, beta, dout,
+                                              include_self);
+    in.grad = grad_field.contiguous();
+    in.args.grad = in.grad.data_ptr<scalar_t>();
+    dispatch_degree<VirialLoop>(din + dout + 1, in.args, per_site.data_ptr<scalar_t>());
+  });
+  return per_site.sum(0).view({3, 3});
+}
+
+}  // namespace mlpolar

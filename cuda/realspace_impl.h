@@ -1,0 +1,190 @@
+// Per-site real-space work shared by the CPU loop (csrc/realspace_cpu.cpp, OpenMP over sites)
+// and the CUDA kernel (cuda/realspace.cu, one thread per site). Each site gathers from all its
+// partners, so nothing is written by two threads and results do not depend on thread order.
+#pragma once
+#include "multipole_math.h"
+
+namespace mlpolar {
+
+template <typename T>
+struct RealSpaceArgs {
+  int n = 0;                        // number of sites
+  const T* pos = nullptr;           // [n,3] nm
+  const T* coeffs = nullptr;        // [n, ncart(din)] source coefficients
+  int din = 0;
+  const T* widths = nullptr;        // [n] Gaussian sigma (nm); nullptr: point sites
+  int dout = 0;
+  bool periodic = false;
+  T box[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // rows a, b, c (reduced form)
+  T cutoff2 = 0;
+  T beta = 0;                       // Ewald splitting parameter (1/nm); 0: no reciprocal part
+  bool include_self = false;        // Gaussian self-interaction of each site
+  // cell list (periodic only)
+  const int* cell_of = nullptr;     // [n]
+  const int* cell_start = nullptr;  // [ncell + 1]
+  const int* cell_atoms = nullptr;  // [n], atoms sorted by cell
+  int ncell[3] = {1, 1, 1};
+  // exclusions, CSR, symmetric
+  const int64_t* excl_ptr = nullptr;  // [n + 1]
+  const int64_t* excl_idx = nullptr;
+  // for the virial: grad of the loss with respect to the output field, [n, ncart(dout)]
+  const T* grad = nullptr;
+};
+
+template <typename T>
+MLP_HD bool is_excluded(const RealSpaceArgs<T>& a, int i, int j) {
+  for (int64_t k = a.excl_ptr[i]; k < a.excl_ptr[i + 1]; ++k)
+    if (a.excl_idx[k] == j) return true;
+  return false;
+}
+
+// Calls f(j, x, y, z, r2) for every partner j != i that interacts in real space:
+// all non-excluded sites (open boundaries) or the non-excluded minimum images inside the cutoff.
+template <typename T, typename F>
+MLP_HD void for_each_partner(const RealSpaceArgs<T>& a, int i, F& f) {
+  const T xi = a.pos[3 * i], yi = a.pos[3 * i + 1], zi = a.pos[3 * i + 2];
+  if (!a.periodic) {
+    for (int j = 0; j < a.n; ++j) {
+      if (j == i || is_excluded(a, i, j)) continue;
+      T x = xi - a.pos[3 * j], y = yi - a.pos[3 * j + 1], z = zi - a.pos[3 * j + 2];
+      f(j, x, y, z, x * x + y * y + z * z);
+    }
+    return;
+  }
+  const int c = a.cell_of[i];
+  const int cz = c % a.ncell[2], cy = (c / a.ncell[2]) % a.ncell[1], cx = c / (a.ncell[2] * a.ncell[1]);
+  // With fewer than 3 cells along an axis, -1 and +1 name the same cell: visit each once.
+  const int lo[3] = {a.ncell[0] >= 3 ? -1 : 0, a.ncell[1] >= 3 ? -1 : 0, a.ncell[2] >= 3 ? -1 : 0};
+  const int hi[3] = {a.ncell[0] >= 2 ? 1 : 0, a.ncell[1] >= 2 ? 1 : 0, a.ncell[2] >= 2 ? 1 : 0};
+  for (int ox = lo[0]; ox <= hi[0]; ++ox)
+    for (int oy = lo[1]; oy <= hi[1]; ++oy)
+      for (int oz = lo[2]; oz <= hi[2]; ++oz) {
+        const int nx = (cx + ox + a.ncell[0]) % a.ncell[0];
+        const int ny = (cy + oy + a.ncell[1]) % a.ncell[1];
+        const int nz = (cz + oz + a.ncell[2]) % a.ncell[2];
+        const int nc = (nx * a.ncell[1] + ny) * a.ncell[2] + nz;
+        for (int k = a.cell_start[nc]; k < a.cell_start[nc + 1]; ++k) {
+          const int j = a.cell_atoms[k];
+          if (j == i) continue;
+          T x = xi - a.pos[3 * j], y = yi - a.pos[3 * j + 1], z = zi - a.pos[3 * j + 2];
+          minimum_image(a.box, x, y, z);
+          const T r2 = x * x + y * y + z * z;
+          if (r2 >= a.cutoff2 || is_excluded(a, i, j)) continue;
+          f(j, x, y, z, r2);
+        }
+      }
+}
+
+// B_n of the real-space pair kernel: Gaussian (or point) interaction minus the part the
+// reciprocal sum carries (erf(beta r)/r) when beta > 0.
+template <typename T>
+MLP_HD void pair_radial(const RealSpaceArgs<T>& a, int i, int j, T r2, int L, T* B) {
+  const T r = sqrt(r2);
+  T s = 0;
+  if (a.widths) s = T(2) * (a.widths[i] * a.widths[i] + a.widths[j] * a.widths[j]);
+  if (s <= T(0)) {
+    if (a.beta > T(0)) {
+      radial_erfc(r, r2, a.beta, L, B);
+    } else {
+      radial_point(r2, L, B);
+    }
+    return;
+  }
+  radial_erf(r, r2, T(1) / sqrt(s), L, B);
+  if (a.beta > T(0)) {
+    T Bb[MAX_DEGREE + 1];
+    radial_erf(r, r2, a.beta, L, Bb);
+    for (int n = 0; n <= L; ++n) B[n] -= Bb[n];
+  }
+}
+
+// Self term of site i (x = 0): its own Gaussian (if requested) minus the reciprocal sum's
+// self-interaction (if beta > 0). Returns false when there is nothing to add.
+template <typename T>
+MLP_HD bool self_radial(const RealSpaceArgs<T>& a, int i, int L, T* B) {
+  bool any = false;
+  for (int n = 0; n <= L; ++n) B[n] = 0;
+  if (a.include_self && a.widths && a.widths[i] > T(0)) {
+    radial_erf(T(0), T(0), T(1) / (T(2) * a.widths[i]), L, B);
+    any = true;
+  }
+  if (a.beta > T(0)) {
+    T Bb[MAX_DEGREE + 1];
+    radial_erf(T(0), T(0), a.beta, L, Bb);
+    for (int n = 0; n <= L; ++n) B[n] -= Bb[n];
+    any = true;
+  }
+  return any;
+}
+
+// Visits the correction terms of site i: excluded partners (the reciprocal sum included them;
+// remove -erf(beta r)/r at the minimum image) and the self term. f(j, x, y, z, B).
+template <int L, typename T, typename F>
+MLP_HD void for_each_correction(const RealSpaceArgs<T>& a, int i, F& f) {
+  T B[MAX_DEGREE + 1];
+  if (a.beta > T(0)) {
+    for (int64_t k = a.excl_ptr[i]; k < a.excl_ptr[i + 1]; ++k) {
+      const int j = (int)a.excl_idx[k];
+      if (j == i) continue;
+      T x = a.pos[3 * i] - a.pos[3 * j], y = a.pos[3 * i + 1] - a.pos[3 * j + 1], z = a.pos[3 * i + 2] - a.pos[3 * j + 2];
+      if (a.periodic) minimum_image(a.box, x, y, z);
+      const T r2 = x * x + y * y + z * z;
+      radial_erf(sqrt(r2), r2, a.beta, L, B);
+      for (int n = 0; n <= L; ++n) B[n] = -B[n];
+      f(j, x, y, z, B);
+    }
+  }
+  if (self_radial(a, i, L, B)) f(i, T(0), T(0), T(0), B);
+}
+
+// Field of all sources at site i: out[t] = d^t phi(r_i), |t| <= dout (no Coulomb constant).
+template <int L, typename T>
+MLP_HD void field_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
+  const int nin = ncart(a.din), nout = ncart(a.dout);
+  for (int k = 0; k < nout; ++k) out[k] = 0;
+  T R[ncart(L)];
+  auto pair = [&](int j, T x, T y, T z, T r2) {
+    T B[MAX_DEGREE + 1];
+    pair_radial(a, i, j, r2, L, B);
+    hermite_tensor<L>(x, y, z, B, R);
+    contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out);
+  };
+  for_each_partner(a, i, pair);
+  auto corr = [&](int j, T x, T y, T z, const T* B) {
+    hermite_tensor<L>(x, y, z, B, R);
+    contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out);
+  };
+  for_each_correction<L>(a, i, corr);
+}
+
+// Half the pair virial sum_j x_ij (x) dLoss/dx_ij of site i, out[3a+b] = sum x_a g_b / 2
+// (each pair is visited from both ends). L = din + dout + 1.
+template <int L, typename T>
+MLP_HD void virial_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
+  const int nin = ncart(a.din), nout = ncart(a.dout);
+  for (int k = 0; k < 9; ++k) out[k] = 0;
+  T R[ncart(L)];
+  auto add = [&](int j, T x, T y, T z) {
+    T g[3] = {0, 0, 0};
+    contract_pair_gradient(R, a.grad + (int64_t)i * nout, a.grad + (int64_t)j * nout, a.coeffs + (int64_t)i * nin,
+                           a.coeffs + (int64_t)j * nin, a.din, a.dout, g);
+    const T xs[3] = {x, y, z};
+    for (int p = 0; p < 3; ++p)
+      for (int q = 0; q < 3; ++q) out[3 * p + q] += T(0.5) * xs[p] * g[q];
+  };
+  auto pair = [&](int j, T x, T y, T z, T r2) {
+    T B[MAX_DEGREE + 1];
+    pair_radial(a, i, j, r2, L, B);
+    hermite_tensor<L>(x, y, z, B, R);
+    add(j, x, y, z);
+  };
+  for_each_partner(a, i, pair);
+  auto corr = [&](int j, T x, T y, T z, const T* B) {
+    if (j == i) return;  // the self term does not depend on the box
+    hermite_tensor<L>(x, y, z, B, R);
+    add(j, x, y, z);
+  };
+  for_each_correction<L>(a, i, corr);
+}
+
+}  // namespace mlpolar
