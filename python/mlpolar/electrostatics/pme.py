@@ -1,0 +1,76 @@
+"""Reciprocal-space (smooth particle-mesh Ewald) part for Cartesian multipoles.
+
+Spreading and gathering run in the compiled operators on grid coordinates u = K * (fractional
+coordinates); the frame change, the FFTs and the influence function are torch operations, so
+the gradient with respect to the box (the virial) follows from autograd.
+"""
+import math
+from typing import List
+
+import torch
+
+from .. import ops
+from .multipoles import from_frame, to_frame
+
+
+def bspline_moduli(K: int, order: int, dtype: torch.dtype, device: torch.device, rfft: bool = False) -> torch.Tensor:
+    """|b(m)|^2 of smooth PME (Essmann et al. 1995) for m = 0..K-1 (or 0..K//2 when rfft)."""
+    # M_p at the integer points 1..p-1
+    M = [1.0] + [0.0] * (order - 1)  # M_1(k), k = 0..p-1 on [k, k+1)
+    vals = [0.0] * (order + 1)
+    # cardinal B-spline values at integers via the recursion M_n(x) = x/(n-1) M_{n-1}(x) + (n-x)/(n-1) M_{n-1}(x-1)
+    def M_at(n: int, x: float) -> float:
+        if n == 1:
+            return 1.0 if 0.0 <= x < 1.0 else 0.0
+        return (x * M_at(n - 1, x) + (n - x) * M_at(n - 1, x - 1.0)) / (n - 1)
+    vals = [M_at(order, float(k + 1)) for k in range(order - 1)]
+    m = torch.arange(K, dtype=torch.float64)
+    k = torch.arange(order - 1, dtype=torch.float64)
+    arg = 2.0 * math.pi * m[:, None] * k[None, :] / K
+    re = (torch.tensor(vals, dtype=torch.float64)[None, :] * torch.cos(arg)).sum(1)
+    im = (torch.tensor(vals, dtype=torch.float64)[None, :] * torch.sin(arg)).sum(1)
+    mod = re * re + im * im
+    # odd orders vanish at the Nyquist frequency: interpolate as OpenMM does
+    for i in range(K):
+        if mod[i] < 1e-7:
+            mod[i] = 0.5 * (mod[(i - 1) % K] + mod[(i + 1) % K])
+    if rfft:
+        mod = mod[: K // 2 + 1]
+    return mod.to(dtype=dtype, device=device)
+
+
+def influence_function(box: torch.Tensor, grid: List[int], alpha: float, order: int) -> torch.Tensor:
+    """G(m) exp(-pi^2 m^2 / alpha^2) / (pi V m^2) / |b(m)|^2 times the grid size, in rfft layout.
+
+    Differentiable with respect to the box.
+    """
+    K1, K2, K3 = grid
+    dtype, device = box.dtype, box.device
+    recip = torch.linalg.inv(box)  # columns: reciprocal vectors a*, b*, c* (no 2 pi)
+    m1 = torch.fft.fftfreq(K1, d=1.0 / K1, dtype=dtype, device=device)
+    m2 = torch.fft.fftfreq(K2, d=1.0 / K2, dtype=dtype, device=device)
+    m3 = torch.fft.rfftfreq(K3, d=1.0 / K3, dtype=dtype, device=device)
+    mm = torch.stack(torch.meshgrid(m1, m2, m3, indexing="ij"), dim=-1)  # [K1, K2, K3/2+1, 3]
+    kvec = mm @ recip.transpose(0, 1)
+    k2 = (kvec * kvec).sum(-1)
+    k2 = torch.where(k2 == 0, torch.ones_like(k2), k2)
+    volume = torch.det(box)
+    b = (bspline_moduli(K1, order, dtype, device)[:, None, None]
+         * bspline_moduli(K2, order, dtype, device)[None, :, None]
+         * bspline_moduli(K3, order, dtype, device, rfft=True)[None, None, :])
+    G = torch.exp(-(math.pi ** 2) * k2 / alpha ** 2) / (math.pi * volume * k2 * b) * float(K1 * K2 * K3)
+    G = G.clone()
+    G[0, 0, 0] = 0.0
+    return G
+
+
+def reciprocal_field(positions: torch.Tensor, d: torch.Tensor, box: torch.Tensor, alpha: float, grid: List[int],
+                     order: int, deg_out: int) -> torch.Tensor:
+    """Reciprocal-space potential derivatives [n, ncart(deg_out)] from receiver coefficients d."""
+    recip = torch.linalg.inv(box)
+    K = torch.tensor(grid, dtype=box.dtype, device=box.device)
+    A = recip * K[None, :]  # d/dr_b = sum_a A[b, a] d/du_a
+    u = positions @ A
+    Q = ops.pme_spread(u, to_frame(d, A), grid, order)
+    phi = torch.fft.irfftn(torch.fft.rfftn(Q) * influence_function(box, grid, alpha, order), s=grid)
+    return from_frame(ops.pme_gather(u, phi, deg_out, order), A)
