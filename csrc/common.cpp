@@ -82,12 +82,15 @@ CellList build_cell_list(const at::Tensor& positions, const at::Tensor& box, dou
   const double volume = h[0] * h[4] * h[8];
   const double width[3] = {volume / cross_norm(1, 2), volume / cross_norm(2, 0), volume / cross_norm(0, 1)};
   CellList cl;
-  for (int a = 0; a < 3; ++a) cl.ncell[a] = std::max(1, std::min(1024, (int)std::floor(width[a] / cutoff)));
+  for (int a = 0; a < 3; ++a)
+    cl.ncell[a] = std::max(1, std::min(1024, (int)std::floor(width[a] * cl.reach / cutoff)));
   const int64_t total = (int64_t)cl.ncell[0] * cl.ncell[1] * cl.ncell[2];
 
   at::Tensor b = box.detach().to(positions.options().dtype(at::kDouble));
   at::Tensor frac = at::matmul(positions.detach().to(at::kDouble), at::inverse(b));
   frac = frac - at::floor(frac);
+  frac = at::where(frac >= 1.0, frac - 1.0, frac);  // rounding of values just below an integer
+  at::Tensor wrapped = at::matmul(frac, b);
   at::Tensor nc = at::tensor({(double)cl.ncell[0], (double)cl.ncell[1], (double)cl.ncell[2]}, b.options());
   at::Tensor idx = at::floor(frac * nc).to(at::kLong);
   idx = at::minimum(at::maximum(idx, at::zeros_like(idx)), nc.to(at::kLong) - 1);
@@ -99,6 +102,8 @@ CellList build_cell_list(const at::Tensor& positions, const at::Tensor& box, dou
   cl.cell_of = flat.to(at::kInt).contiguous();
   cl.cell_start = start.to(at::kInt).contiguous();
   cl.cell_atoms = order.to(at::kInt).contiguous();
+  cl.pos_wrapped = wrapped.to(positions.scalar_type()).contiguous();
+  cl.cell_pos = cl.pos_wrapped.index_select(0, order).contiguous();
   return cl;
 }
 

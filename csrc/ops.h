@@ -14,7 +14,10 @@ struct CellList {
   at::Tensor cell_of;     // [n] int32
   at::Tensor cell_start;  // [ncell + 1] int32
   at::Tensor cell_atoms;  // [n] int32
+  at::Tensor pos_wrapped; // [n, 3] positions wrapped into the box (dtype of positions)
+  at::Tensor cell_pos;    // [n, 3] pos_wrapped in cell order
   std::array<int, 3> ncell{1, 1, 1};
+  int reach = 2;          // cells are >= cutoff / reach wide
 };
 CellList build_cell_list(const at::Tensor& positions, const at::Tensor& box, double cutoff);
 

@@ -53,6 +53,9 @@ RealSpaceInputs<T> make_realspace_inputs(const at::Tensor& positions, const at::
     a.cell_of = ptr<int>(in.cells.cell_of);
     a.cell_start = ptr<int>(in.cells.cell_start);
     a.cell_atoms = ptr<int>(in.cells.cell_atoms);
+    a.pos_wrapped = ptr<T>(in.cells.pos_wrapped);
+    a.cell_pos = ptr<T>(in.cells.cell_pos);
+    a.reach = in.cells.reach;
     for (int k = 0; k < 3; ++k) a.ncell[k] = in.cells.ncell[k];
   } else {
     TORCH_CHECK(beta == 0, "an Ewald splitting parameter needs a periodic box");

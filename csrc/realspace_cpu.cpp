@@ -2,19 +2,40 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <omp.h>
+
+#include <vector>
+
 #include "ops.h"
 #include "realspace_args.h"
 
 namespace mlpolar {
 namespace {
 
+// Each pair once (half pairs), accumulated into per-thread copies of the output that are
+// summed at the end: no atomics, and the sum order is fixed for a given thread count.
 template <int L>
 struct FieldLoop {
   template <typename T>
   static void run(const RealSpaceArgs<T>& a, T* out) {
-    const int nout = ncart(a.dout);
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int i = 0; i < a.n; ++i) field_at_site<L>(a, i, out + (int64_t)i * nout);
+    const int64_t size = (int64_t)a.n * ncart(a.dout);
+    const int nthreads = omp_get_max_threads();
+    std::vector<T> buffers((size_t)nthreads * size, T(0));
+#pragma omp parallel
+    {
+      T* mine = buffers.data() + (int64_t)omp_get_thread_num() * size;
+#pragma omp for schedule(dynamic, 32)
+      for (int i = 0; i < a.n; ++i) {
+        field_half_pairs<L>(a, i, mine);
+        field_corrections_at_site<L>(a, i, mine + (int64_t)i * ncart(a.dout));
+      }
+#pragma omp for schedule(static)
+      for (int64_t k = 0; k < size; ++k) {
+        T acc = 0;
+        for (int t = 0; t < nthreads; ++t) acc += buffers[(size_t)t * size + k];
+        out[k] = acc;
+      }
+    }
   }
 };
 

@@ -163,6 +163,27 @@ MLP_HD void contract_field(const T* R, const T* c, int din, int dout, T* out) {
       }
 }
 
+// out[t] += sum_s c[s] R(-x)[t+s] = sum_s (-1)^{|t|+|s|} c[s] R(x)[t+s]: the same pair seen
+// from the other site.
+template <typename T>
+MLP_HD void contract_field_mirror(const T* R, const T* c, int din, int dout, T* out) {
+  int it = 0;
+  for (int dt = 0; dt <= dout; ++dt)
+    for (int t1 = dt; t1 >= 0; --t1)
+      for (int t2 = dt - t1; t2 >= 0; --t2) {
+        const int t3 = dt - t1 - t2;
+        T acc = 0;
+        int is = 0;
+        for (int ds = 0; ds <= din; ++ds) {
+          T part = 0;
+          for (int s1 = ds; s1 >= 0; --s1)
+            for (int s2 = ds - s1; s2 >= 0; --s2) part += c[is++] * R[cidx(t1 + s1, t2 + s2, ds - s1 - s2 + t3)];
+          acc += (ds % 2) ? -part : part;
+        }
+        out[it++] += (dt % 2) ? -acc : acc;
+      }
+}
+
 // g[a] += sum_{t,s} w_{ts} R[t+s+e_a], with w_{ts} = gi[t] cj[s] + (-1)^{|t|+|s|} gj[t] ci[s]:
 // the derivative of G_i.V_{j->i} + G_j.V_{i->j} with respect to x = r_i - r_j (for virials).
 template <typename T>

@@ -19,11 +19,14 @@ struct RealSpaceArgs {
   T cutoff2 = 0;
   T beta = 0;                       // Ewald splitting parameter (1/nm); 0: no reciprocal part
   bool include_self = false;        // Gaussian self-interaction of each site
-  // cell list (periodic only)
+  // cell list (periodic only): cells at least cutoff/reach wide in each box direction
   const int* cell_of = nullptr;     // [n]
   const int* cell_start = nullptr;  // [ncell + 1]
   const int* cell_atoms = nullptr;  // [n], atoms sorted by cell
+  const T* pos_wrapped = nullptr;   // [n,3] positions wrapped into the box, by site
+  const T* cell_pos = nullptr;      // [n,3] the same, in cell order
   int ncell[3] = {1, 1, 1};
+  int reach = 2;                    // neighbour cells -reach..reach along each axis
   // exclusions, CSR, symmetric
   const int64_t* excl_ptr = nullptr;  // [n + 1]
   const int64_t* excl_idx = nullptr;
@@ -38,41 +41,49 @@ MLP_HD bool is_excluded(const RealSpaceArgs<T>& a, int i, int j) {
   return false;
 }
 
+MLP_HD int floor_div(int a, int b) { return (a >= 0) ? a / b : -((-a + b - 1) / b); }
+
 // Calls f(j, x, y, z, r2) for every partner j != i that interacts in real space:
-// all non-excluded sites (open boundaries) or the non-excluded minimum images inside the cutoff.
-template <typename T, typename F>
+// all non-excluded sites (open boundaries) or the non-excluded periodic images inside the
+// cutoff. HALF visits only j > i (each pair once). With the cutoff at most half the box there
+// is at most one image of j inside the cutoff; cells are visited with their image shift, so
+// no minimum-image arithmetic runs in the inner loop.
+template <bool HALF, typename T, typename F>
 MLP_HD void for_each_partner(const RealSpaceArgs<T>& a, int i, F& f) {
-  const T xi = a.pos[3 * i], yi = a.pos[3 * i + 1], zi = a.pos[3 * i + 2];
   if (!a.periodic) {
-    for (int j = 0; j < a.n; ++j) {
+    const T xi = a.pos[3 * i], yi = a.pos[3 * i + 1], zi = a.pos[3 * i + 2];
+    for (int j = HALF ? i + 1 : 0; j < a.n; ++j) {
       if (j == i || is_excluded(a, i, j)) continue;
       T x = xi - a.pos[3 * j], y = yi - a.pos[3 * j + 1], z = zi - a.pos[3 * j + 2];
       f(j, x, y, z, x * x + y * y + z * z);
     }
     return;
   }
+  const T xi = a.pos_wrapped[3 * i], yi = a.pos_wrapped[3 * i + 1], zi = a.pos_wrapped[3 * i + 2];
   const int c = a.cell_of[i];
   const int cz = c % a.ncell[2], cy = (c / a.ncell[2]) % a.ncell[1], cx = c / (a.ncell[2] * a.ncell[1]);
-  // With fewer than 3 cells along an axis, -1 and +1 name the same cell: visit each once.
-  const int lo[3] = {a.ncell[0] >= 3 ? -1 : 0, a.ncell[1] >= 3 ? -1 : 0, a.ncell[2] >= 3 ? -1 : 0};
-  const int hi[3] = {a.ncell[0] >= 2 ? 1 : 0, a.ncell[1] >= 2 ? 1 : 0, a.ncell[2] >= 2 ? 1 : 0};
-  for (int ox = lo[0]; ox <= hi[0]; ++ox)
-    for (int oy = lo[1]; oy <= hi[1]; ++oy)
-      for (int oz = lo[2]; oz <= hi[2]; ++oz) {
-        const int nx = (cx + ox + a.ncell[0]) % a.ncell[0];
-        const int ny = (cy + oy + a.ncell[1]) % a.ncell[1];
-        const int nz = (cz + oz + a.ncell[2]) % a.ncell[2];
+  for (int ox = -a.reach; ox <= a.reach; ++ox) {
+    const int sx = floor_div(cx + ox, a.ncell[0]), nx = cx + ox - sx * a.ncell[0];
+    for (int oy = -a.reach; oy <= a.reach; ++oy) {
+      const int sy = floor_div(cy + oy, a.ncell[1]), ny = cy + oy - sy * a.ncell[1];
+      for (int oz = -a.reach; oz <= a.reach; ++oz) {
+        const int sz = floor_div(cz + oz, a.ncell[2]), nz = cz + oz - sz * a.ncell[2];
+        // the neighbour cell's atoms sit at (wrapped position + shift)
+        const T hx = xi - (sx * a.box[0] + sy * a.box[3] + sz * a.box[6]);
+        const T hy = yi - (sy * a.box[4] + sz * a.box[7]);
+        const T hz = zi - sz * a.box[8];
         const int nc = (nx * a.ncell[1] + ny) * a.ncell[2] + nz;
         for (int k = a.cell_start[nc]; k < a.cell_start[nc + 1]; ++k) {
           const int j = a.cell_atoms[k];
-          if (j == i) continue;
-          T x = xi - a.pos[3 * j], y = yi - a.pos[3 * j + 1], z = zi - a.pos[3 * j + 2];
-          minimum_image(a.box, x, y, z);
+          if (HALF ? (j <= i) : (j == i)) continue;
+          const T x = hx - a.cell_pos[3 * k], y = hy - a.cell_pos[3 * k + 1], z = hz - a.cell_pos[3 * k + 2];
           const T r2 = x * x + y * y + z * z;
           if (r2 >= a.cutoff2 || is_excluded(a, i, j)) continue;
           f(j, x, y, z, r2);
         }
       }
+    }
+  }
 }
 
 // B_n of the real-space pair kernel: Gaussian (or point) interaction minus the part the
@@ -137,6 +148,18 @@ MLP_HD void for_each_correction(const RealSpaceArgs<T>& a, int i, F& f) {
   if (self_radial(a, i, L, B)) f(i, T(0), T(0), T(0), B);
 }
 
+// Adds the excluded-pair and self corrections to the field at site i.
+template <int L, typename T>
+MLP_HD void field_corrections_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
+  const int nin = ncart(a.din);
+  T R[ncart(L)];
+  auto corr = [&](int j, T x, T y, T z, const T* B) {
+    hermite_tensor<L>(x, y, z, B, R);
+    contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out);
+  };
+  for_each_correction<L>(a, i, corr);
+}
+
 // Field of all sources at site i: out[t] = d^t phi(r_i), |t| <= dout (no Coulomb constant).
 template <int L, typename T>
 MLP_HD void field_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
@@ -149,12 +172,25 @@ MLP_HD void field_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
     hermite_tensor<L>(x, y, z, B, R);
     contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out);
   };
-  for_each_partner(a, i, pair);
-  auto corr = [&](int j, T x, T y, T z, const T* B) {
+  for_each_partner<false>(a, i, pair);
+  field_corrections_at_site<L>(a, i, out);
+}
+
+// Pair terms of site i with its partners j > i, added to both ends: out_i gets the field of j,
+// out_j the field of i (R(-x) = (-1)^|m| R(x)). Each pair's radial functions are computed once.
+template <int L, typename T>
+MLP_HD void field_half_pairs(const RealSpaceArgs<T>& a, int i, T* out_all) {
+  const int nin = ncart(a.din), nout = ncart(a.dout);
+  T R[ncart(L)];
+  T* out_i = out_all + (int64_t)i * nout;
+  auto pair = [&](int j, T x, T y, T z, T r2) {
+    T B[MAX_DEGREE + 1];
+    pair_radial(a, i, j, r2, L, B);
     hermite_tensor<L>(x, y, z, B, R);
-    contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out);
+    contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out_i);
+    contract_field_mirror(R, a.coeffs + (int64_t)i * nin, a.din, a.dout, out_all + (int64_t)j * nout);
   };
-  for_each_correction<L>(a, i, corr);
+  for_each_partner<true>(a, i, pair);
 }
 
 // Half the pair virial sum_j x_ij (x) dLoss/dx_ij of site i, out[3a+b] = sum x_a g_b / 2
@@ -178,7 +214,7 @@ MLP_HD void virial_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
     hermite_tensor<L>(x, y, z, B, R);
     add(j, x, y, z);
   };
-  for_each_partner(a, i, pair);
+  for_each_partner<false>(a, i, pair);
   auto corr = [&](int j, T x, T y, T z, const T* B) {
     if (j == i) return;  // the self term does not depend on the box
     hermite_tensor<L>(x, y, z, B, R);

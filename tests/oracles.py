@@ -192,10 +192,10 @@ def nonbonded_coulomb_reference(modeller, forcefield, cutoff=0.9, ewald_toleranc
     system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME,
                                      nonbondedCutoff=cutoff * unit.nanometer,
                                      ewaldErrorTolerance=ewald_tolerance, rigidWater=False)
-    nb = [f for f in system.getForces() if isinstance(f, mm.NonbondedForce)][0]
     for k in reversed(range(system.getNumForces())):
-        if system.getForce(k) is not nb:
+        if not isinstance(system.getForce(k), mm.NonbondedForce):
             system.removeForce(k)
+    (nb,) = system.getForces()
     nb.setUseDispersionCorrection(False)
     nb.setUseSwitchingFunction(False)
     charges = []

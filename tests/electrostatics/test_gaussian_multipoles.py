@@ -1,0 +1,508 @@
+"""mlpolar.electrostatics.GaussianMultipoles against the brute-force reference (tests/reference.py).
+
+The reference is an independent float64 torch implementation (autograd derivatives of the scalar
+pair kernel for the multipole operators, explicit Ewald image and k-vector sums converged to
+~1e-15); its own consistency is checked first (``test_reference_*``, no mlpolar involved).
+Reference values are computed once per system on the CPU and shared by the device variants.
+"""
+import functools
+import math
+
+import pytest
+import torch
+
+import reference as R
+
+DT = torch.float64
+K_E = R.ONE_4PI_EPS0
+
+BOX_TRICLINIC = ((2.5, 0.0, 0.0), (0.8, 2.4, 0.0), (-0.6, 0.9, 2.3))
+BOX_CUBIC = ((2.4, 0.0, 0.0), (0.0, 2.4, 0.0), (0.0, 0.0, 2.4))
+# explicit tight PME settings (measured energy error ~5e-10 relative on these systems)
+TIGHT = dict(cutoff=1.1, alpha=4.0, grid=[72, 72, 72], order=10)
+
+
+@pytest.fixture(scope="module")
+def GM():
+    mod = pytest.importorskip("mlpolar.electrostatics")
+    if not hasattr(mod, "GaussianMultipoles"):
+        pytest.skip("mlpolar.electrostatics.GaussianMultipoles not available yet")
+    return mod.GaussianMultipoles
+
+
+# ============================================================================ systems and helpers
+
+
+def _box(name):
+    return torch.tensor({"cubic": BOX_CUBIC, "triclinic": BOX_TRICLINIC}[name], dtype=DT)
+
+
+def _nearest_pairs(pos, box, count):
+    """The `count` closest (minimum-image) pairs, as exclusions [count, 2]."""
+    d = pos[:, None] - pos[None]
+    if box is not None:
+        d = d - torch.round(d @ torch.linalg.inv(box)) @ box
+    dist = d.norm(dim=-1) + torch.triu(torch.full_like(d[..., 0], 1e9))  # keep i > j only
+    flat = torch.argsort(dist.flatten())[:count]
+    n = pos.shape[0]
+    return torch.stack([flat // n, flat % n], 1).to(torch.long)
+
+
+@functools.lru_cache(maxsize=None)
+def system(kind, content="qdQ", sites="gauss", excl=True, charged=False, n=None):
+    """A small test system as a dict of float64 CPU tensors (deterministic)."""
+    if kind == "open":
+        box = None
+        pos, q, mu, th, s = R.random_system(n or 16, extent=1.2, seed=11)
+    else:
+        box = _box(kind)
+        pos, q, mu, th, s = R.random_system(n or 20, box=box, seed=12 if kind == "cubic" else 13)
+        pos = pos + torch.tensor([0.3, -0.2, 0.1], dtype=DT)  # some sites outside the cell
+    if charged:
+        q = q + 0.05
+    return dict(positions=pos, charges=q, dipoles=mu if "d" in content else None,
+                quadrupoles=th if "Q" in content else None,
+                widths=None if sites == "point" else s, box=box,
+                exclusions=_nearest_pairs(pos, box, 4) if excl else None)
+
+
+def _to(sysd, device, dtype=DT):
+    out = {}
+    for k, v in sysd.items():
+        if v is None or k == "exclusions":
+            out[k] = None if v is None else v.to(device)
+        else:
+            out[k] = v.to(device=device, dtype=dtype)
+    return out
+
+
+GRAD_ARGS = ("positions", "charges", "dipoles", "quadrupoles", "widths", "box")
+
+
+@functools.lru_cache(maxsize=None)
+def reference_result(key, include_self=False):
+    """Reference energy, its gradients and the potential for system(*key) (CPU, float64)."""
+    sysd = system(*key)
+    inp = {k: (v.clone().requires_grad_(True) if k in GRAD_ARGS and v is not None else v)
+           for k, v in sysd.items()}
+    e = R.reference_energy(**inp, include_self=include_self)
+    names = [k for k in GRAD_ARGS if inp[k] is not None]
+    grads = torch.autograd.grad(e, [inp[k] for k in names])
+    pot = R.reference_potential(**sysd, include_self=include_self)
+    return dict(energy=e.detach(), grads={k: g.detach() for k, g in zip(names, grads)},
+                potential=tuple(p.detach() for p in pot))
+
+
+def mlpolar_result(elec, sysd, device, dtype=DT, potential=True):
+    inp = {k: (v.clone().requires_grad_(True) if k in GRAD_ARGS and v is not None else v)
+           for k, v in _to(sysd, device, dtype).items()}
+    e = elec.energy(**inp)
+    names = [k for k in GRAD_ARGS if inp[k] is not None]
+    grads = torch.autograd.grad(e, [inp[k] for k in names])
+    out = dict(energy=e.detach().cpu().double(),
+               grads={k: g.detach().cpu().double() for k, g in zip(names, grads)})
+    if potential:
+        out["potential"] = tuple(p.detach().cpu().double() for p in elec.potential(**_to(sysd, device, dtype)))
+    return out
+
+
+def rel(a, b):
+    return float((a - b).abs() / b.abs())
+
+
+def maxrel(a, b):
+    """Largest error relative to the largest reference entry."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def rmsrel(a, b):
+    return float(((a - b) ** 2).mean().sqrt() / (b ** 2).mean().sqrt())
+
+
+def sym(g):
+    """Symmetric part of a quadrupole gradient: only it is defined for symmetric Theta (an
+    implementation may put the whole off-diagonal derivative into one triangle)."""
+    return 0.5 * (g + g.transpose(-1, -2))
+
+
+def energy_identity(charges, dipoles, quadrupoles, phi, field, field_grad):
+    return R.energy_from_potential(charges, dipoles, quadrupoles, phi, field, field_grad)
+
+
+# ============================================================================ the reference itself
+
+
+def test_reference_matches_hand_values():
+    """Two point charges, a charge-dipole pair and a Gaussian pair against closed forms."""
+    r = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.4, 0.0]], dtype=DT)  # distance 0.5
+    q = torch.tensor([0.7, -0.4], dtype=DT)
+    assert rel(R.reference_energy(r, q), torch.tensor(K_E * 0.7 * -0.4 / 0.5)) < 1e-14
+    s = torch.tensor([0.1, 0.2], dtype=DT)
+    a = math.sqrt(2 * (0.01 + 0.04))
+    assert rel(R.reference_energy(r, q, widths=s), torch.tensor(K_E * -0.28 * math.erf(0.5 / a) / 0.5)) < 1e-14
+    # dipole mu at site 1, charge at site 0: E = q mu.(r1 - r0) / |r|^3 (potential of the dipole at r0)
+    mu = torch.tensor([[0.0, 0.0, 0.0], [0.02, -0.01, 0.03]], dtype=DT)
+    q0 = torch.tensor([0.7, 0.0], dtype=DT)
+    expect = K_E * 0.7 * float(mu[1] @ (r[0] - r[1])) / 0.5 ** 3
+    assert rel(R.reference_energy(r, q0, mu), torch.tensor(expect)) < 1e-13
+    # Gaussian self-energies: q^2 / (2 sqrt(pi) s) and |mu|^2 / (12 sqrt(pi) s^3) (times K_E)
+    se = R.self_energies(torch.tensor([0.7]), torch.tensor([[0.0, 0.0, 0.05]]), None, torch.tensor([0.1]))
+    expect = K_E * (0.49 / (2 * math.sqrt(math.pi) * 0.1) + 0.0025 / (12 * math.sqrt(math.pi) * 0.1 ** 3))
+    assert rel(se.sum(), torch.tensor(expect)) < 1e-14
+
+
+@pytest.mark.parametrize("sites", ["point", "gauss"])
+@pytest.mark.parametrize("kind", ["open", "triclinic"])
+def test_reference_multipoles_are_limits_of_charge_clusters(kind, sites):
+    """Sign and factor conventions of the dipole/quadrupole operators (and of S(k)): every site
+    replaced by a charge cluster with the same moments (O(d^2) error, Richardson-extrapolated)."""
+    sysd = system(kind, "qdQ", sites, excl=False, n=6)
+    args = [sysd[k] for k in ("positions", "charges", "dipoles", "quadrupoles", "widths")]
+    e_ref = R.reference_energy(*args, box=sysd["box"])
+    es = []
+    for d in (2e-3, 1e-3):
+        p, q, w, ex = R.multipoles_as_charges(*args, d)
+        es.append(R.reference_energy(p, q, widths=w, box=sysd["box"], exclusions=ex))
+    extrapolated = (4 * es[1] - es[0]) / 3
+    assert rel(es[1], e_ref) < 1e-4  # the clusters do approach the multipoles ...
+    assert rel(extrapolated, e_ref) < 1e-8  # ... with an O(d^2) error
+
+
+def test_reference_ewald_independent_of_alpha():
+    sysd = system("triclinic", "qdQ", "gauss", excl=True, charged=True, n=10)
+    e0 = R.reference_energy(**sysd)
+    for alpha in (1.6, 3.0):
+        assert rel(R.reference_energy(**sysd, alpha=alpha), e0) < 1e-13
+    phi0, f0, g0 = R.reference_potential(**sysd)
+    phi1, f1, g1 = R.reference_potential(**sysd, alpha=1.6)
+    assert maxrel(phi1, phi0) < 1e-12 and maxrel(f1, f0) < 1e-12 and maxrel(g1, g0) < 1e-12
+    # E = 1/2 sum (q phi - mu.E - 1/3 Theta:gradE), the reciprocal part by a different route
+    e_pot = energy_identity(sysd["charges"], sysd["dipoles"], sysd["quadrupoles"], phi0, f0, g0)
+    assert rel(e_pot, e0) < 1e-13
+
+
+def test_reference_ewald_matches_pure_kspace_gaussian_sum():
+    """alpha -> infinity: a plain Fourier sum of the Gaussian densities (own density included,
+    k = 0 dropped) equals Ewald with include_self, for a net-charged system (checks the
+    background term, including its (2 pi / V) Q sum q s^2 part)."""
+    sysd = dict(system("triclinic", "qdQ", "gauss", excl=False, charged=True, n=8))
+    sysd["widths"] = sysd["widths"] * 2.5  # wide Gaussians: fewer k-vectors
+    args = {k: sysd[k] for k in ("positions", "charges", "widths", "box")}
+    assert rel(R.reference_energy(**args, include_self=True), R.kspace_gaussian_energy(**args)) < 1e-13
+    args.update(dipoles=sysd["dipoles"], quadrupoles=sysd["quadrupoles"])
+    assert rel(R.reference_energy(**args, include_self=True), R.kspace_gaussian_energy(**args)) < 1e-13
+
+
+def _molecule():
+    pos, q, mu, th, s = R.random_system(6, extent=0.5, seed=5)
+    return pos + 0.4, q, mu, th, s
+
+
+def _tinfoil_dipole_correction(pos, q, mu, length):
+    m_tot = (q[:, None] * pos).sum(0) + mu.sum(0)
+    return -K_E * 2 * math.pi * float((m_tot ** 2).sum()) / (3 * length ** 3)
+
+
+def test_reference_growing_box_approaches_open_boundaries():
+    """A neutral dipolar molecule in a cubic box L: E(L) = E_open - 2 pi |M|^2 / (3 L^3) + O(L^-5)
+    under tin-foil boundaries (the cubic lattice sums of the higher terms vanish)."""
+    pos, q, mu, th, s = _molecule()
+    e_open = R.reference_energy(pos, q, mu, th, s)
+    resid = []
+    for length in (4.0, 8.0):
+        e_l = R.reference_energy(pos, q, mu, th, s, torch.eye(3, dtype=DT) * length)
+        raw = float(e_l - e_open)
+        resid.append(raw - _tinfoil_dipole_correction(pos, q, mu, length))
+        assert abs(resid[-1]) < 0.05 * abs(raw)
+    assert 20 < resid[0] / resid[1] < 45  # ~2^5
+
+
+# ============================================================================ open boundaries
+
+OPEN_CASES = [(c, s, e) for c in ("q", "qd", "qdQ") for s in ("point", "gauss", "gauss+self") for e in (False, True)]
+
+
+@pytest.mark.parametrize("content,sites,excl", OPEN_CASES,
+                         ids=[f"{c}-{s}-{'excl' if e else 'noexcl'}" for c, s, e in OPEN_CASES])
+def test_open_energy_and_potential(GM, device, content, sites, excl):
+    include_self = sites == "gauss+self"
+    key = ("open", content, "point" if sites == "point" else "gauss", excl)
+    ref = reference_result(key, include_self)
+    elec = GM(include_self=include_self)
+    sysd = _to(system(*key), device)
+    e = elec.energy(**sysd).detach().cpu()
+    assert rel(e, ref["energy"]) <= 1e-10, (float(e), float(ref["energy"]))
+    pot = [p.detach().cpu() for p in elec.potential(**sysd)]
+    for name, got, want in zip(("phi", "field", "field_grad"), pot, ref["potential"]):
+        assert got.shape == want.shape, name
+        assert maxrel(got, want) <= 1e-10, (name, maxrel(got, want))
+    # the contract's identity E = 1/2 sum_i (q phi - mu.E - 1/3 Theta:gradE) (+ self-energies)
+    s = system(*key)
+    e_pot = energy_identity(s["charges"], s["dipoles"], s["quadrupoles"], *[p.double() for p in pot])
+    if include_self:
+        e_pot = e_pot + R.self_energies(s["charges"], s["dipoles"], s["quadrupoles"], s["widths"]).sum()
+    assert rel(e_pot, ref["energy"]) <= 1e-10
+
+
+@pytest.mark.parametrize("sites", ["point", "gauss", "gauss+self"])
+def test_open_gradients(GM, device, sites):
+    include_self = sites == "gauss+self"
+    key = ("open", "qdQ", "point" if sites == "point" else "gauss", True)
+    ref = reference_result(key, include_self)
+    got = mlpolar_result(GM(include_self=include_self), system(*key), device, potential=False)
+    assert set(got["grads"]) == set(ref["grads"])
+    for name, want in ref["grads"].items():
+        g = got["grads"][name]
+        if name == "quadrupoles":
+            g, want = sym(g), sym(want)
+        assert maxrel(g, want) <= 1e-9, (name, maxrel(g, want))
+
+
+def test_open_matches_charge_clusters(GM, device):
+    """mlpolar's multipoles against mlpolar's own charges spread into clusters (no reference)."""
+    sysd = system("open", "qdQ", "gauss", excl=False, n=6)
+    args = [sysd[k] for k in ("positions", "charges", "dipoles", "quadrupoles", "widths")]
+    elec = GM()
+    e_mp = elec.energy(*[a.to(device) for a in args]).cpu()
+    es = []
+    for d in (2e-3, 1e-3):
+        p, q, w, ex = R.multipoles_as_charges(*args, d)
+        es.append(elec.energy(p.to(device), q.to(device), widths=w.to(device), exclusions=ex.to(device)).cpu())
+    assert rel((4 * es[1] - es[0]) / 3, e_mp) < 1e-8
+
+
+# ============================================================================ periodic boundaries
+
+PERIODIC_CASES = [("cubic", "gauss", False), ("triclinic", "gauss", False), ("triclinic", "gauss", True),
+                  ("triclinic", "point", True), ("cubic", "point", False)]
+
+
+@pytest.mark.parametrize("kind,sites,charged", PERIODIC_CASES,
+                         ids=[f"{k}-{s}-{'charged' if c else 'neutral'}" for k, s, c in PERIODIC_CASES])
+def test_periodic_tight(GM, device, kind, sites, charged):
+    """Tight explicit Ewald/PME parameters: energy to 1e-6, forces, potential and all parameter
+    gradients (box included) to 1e-5 of the reference; exclusions present in every case."""
+    key = (kind, "qdQ", sites, True, charged)
+    ref = reference_result(key)
+    got = mlpolar_result(GM(**TIGHT), system(*key), device)
+    assert rel(got["energy"], ref["energy"]) <= 1e-6, (float(got["energy"]), float(ref["energy"]))
+    for name, want in ref["grads"].items():
+        g = got["grads"][name]
+        if name == "quadrupoles":
+            g, want = sym(g), sym(want)
+        assert rmsrel(g, want) <= 1e-5, (name, rmsrel(g, want))
+    for name, g, want in zip(("phi", "field", "field_grad"), got["potential"], ref["potential"]):
+        assert maxrel(g, want) <= 1e-5, (name, maxrel(g, want))
+    s = system(*key)
+    e_pot = energy_identity(s["charges"], s["dipoles"], s["quadrupoles"], *got["potential"])
+    assert rel(e_pot, got["energy"]) <= 1e-10  # the identity holds exactly within one calculation
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+def test_periodic_include_self(GM, device, include_self):
+    key = ("triclinic", "qd", "gauss", True, True)
+    ref = reference_result(key, include_self)
+    got = mlpolar_result(GM(include_self=include_self, **TIGHT), system(*key), device)
+    assert rel(got["energy"], ref["energy"]) <= 1e-6
+    assert rmsrel(got["grads"]["widths"], ref["grads"]["widths"]) <= 1e-5
+    assert rmsrel(got["grads"]["positions"], ref["grads"]["positions"]) <= 1e-5
+
+
+@pytest.mark.parametrize("tolerance", [1e-4, 1e-5])
+@pytest.mark.parametrize("kind", ["cubic", "triclinic"])
+def test_periodic_default_parameters_meet_tolerance(GM, device, kind, tolerance):
+    """alpha and grid from `tolerance` (OpenMM's rule): force RMS error within 10 x tolerance."""
+    key = (kind, "qdQ", "gauss", True, kind == "triclinic")
+    ref = reference_result(key)
+    elec = GM(tolerance=tolerance)
+    alpha, grid, order = elec.parameters(system(*key)["box"], system(*key)["widths"])
+    assert alpha > 0 and len(grid) == 3 and order == 5
+    got = mlpolar_result(elec, system(*key), device, potential=False)
+    err = rmsrel(-got["grads"]["positions"], -ref["grads"]["positions"])
+    assert err <= 10 * tolerance, err
+    assert rel(got["energy"], ref["energy"]) <= 10 * tolerance
+
+
+# ============================================================================ invariances, limits
+
+
+def test_translation_invariance(GM, device):
+    shift = torch.tensor([0.37, -1.13, 2.71], dtype=DT, device=device)
+    s = _to(system("open", "qdQ", "gauss", True), device)
+    e0 = GM().energy(**s)
+    s2 = dict(s, positions=s["positions"] + shift)
+    assert rel(GM().energy(**s2), e0) <= 1e-12
+    s = _to(system("triclinic", "qdQ", "gauss", True, True), device)
+    elec = GM(**TIGHT)
+    e0 = elec.energy(**s)
+    # by a lattice vector combination: the same configuration exactly (up to PME grid aliasing)
+    lattice = (2 * s["box"][0] - s["box"][2]).to(device)
+    assert rel(elec.energy(**dict(s, positions=s["positions"] + lattice)), e0) <= 1e-7
+    # by an arbitrary vector: only the PME discretisation error may change
+    assert rel(elec.energy(**dict(s, positions=s["positions"] + shift)), e0) <= 1e-7
+    # a single site wrapped into another cell
+    pos = s["positions"].clone()
+    pos[3] = pos[3] - s["box"][1]
+    assert rel(elec.energy(**dict(s, positions=pos)), e0) <= 1e-7
+
+
+def test_growing_box_converges_to_open(GM, device):
+    """A neutral molecule in cubic boxes of growing size: mlpolar's periodic energy minus the
+    tin-foil dipole term approaches its open-boundary energy (residual O(L^-5))."""
+    pos, q, mu, th, s = [t.to(device) for t in _molecule()]
+    e_open = float(GM().energy(pos, q, mu, th, s))
+    e_ref_open = float(R.reference_energy(*[t.cpu() for t in (pos, q, mu, th, s)]))
+    assert abs(e_open - e_ref_open) <= 1e-10 * abs(e_ref_open)
+    resid = []
+    for length in (3.0, 6.0, 12.0):
+        box = torch.eye(3, dtype=DT, device=device) * length
+        # cutoff and tolerance scale with the box: the grid size stays the same
+        e_l = float(GM(cutoff=0.45 * length, tolerance=1e-7).energy(pos, q, mu, th, s, box))
+        raw = e_l - e_open
+        resid.append(raw - _tinfoil_dipole_correction(pos.cpu(), q.cpu(), mu.cpu(), length))
+    assert abs(resid[0]) > 1e-4 * abs(e_open)      # the box does matter at L = 3 ...
+    assert abs(resid[2]) <= 2e-6 * abs(e_open)     # ... and no longer at L = 12
+    assert abs(resid[1]) < abs(resid[0]) / 8
+
+
+@pytest.mark.parametrize("kind", ["open", "triclinic"])
+def test_float32_agrees_with_float64(GM, device, kind):
+    key = (kind, "qdQ", "gauss", True, kind != "open")
+    elec = GM(**TIGHT) if kind != "open" else GM()
+    r64 = mlpolar_result(elec, system(*key), device, DT, potential=False)
+    r32 = mlpolar_result(elec, system(*key), device, torch.float32, potential=False)
+    assert rel(r32["energy"], r64["energy"]) <= 1e-5
+    assert rmsrel(r32["grads"]["positions"], r64["grads"]["positions"]) <= 1e-4
+
+
+def test_parameters_contract(GM):
+    box = _box("triclinic")
+    elec = GM(cutoff=0.9, tolerance=1e-5)
+    alpha, grid, order = elec.parameters(box)
+    assert alpha == pytest.approx(math.sqrt(-math.log(2e-5)) / 0.9, rel=1e-12)
+    assert order == 5 and all(isinstance(g, int) and g >= 2 * alpha * 2.3 / (3 * 1e-5 ** 0.2) for g in grid)
+    assert GM(alpha=3.0, grid=[40, 42, 44], order=6).parameters(box)[0:3] == (3.0, [40, 42, 44], 6)
+
+
+# ============================================================================ gradcheck
+
+
+def _traceless(a):
+    a = 0.5 * (a + a.transpose(-1, -2))
+    return a - torch.eye(3, dtype=a.dtype, device=a.device) * a.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+
+
+def _box_from_lower(v):
+    """Reduced box from its six free entries (ax, bx, by, cx, cy, cz)."""
+    z = torch.zeros((), dtype=v.dtype, device=v.device)
+    return torch.stack([torch.stack([v[0], z, z]), torch.stack([v[1], v[2], z]), torch.stack([v[3], v[4], v[5]])])
+
+
+def _small(kind, device, n):
+    sysd = system("open" if kind == "open" else "triclinic", "qdQ", "gauss", False, False, n)
+    pos = sysd["positions"]
+    if kind != "open":
+        box = torch.tensor([[2.0, 0, 0], [0.5, 1.9, 0], [-0.4, 0.6, 1.85]], dtype=DT)
+        pos = pos * 0.8
+        lower = box[[0, 1, 1, 2, 2, 2], [0, 0, 1, 0, 1, 2]]
+    else:
+        lower = None
+    return [t.to(device) for t in (pos, sysd["charges"], sysd["dipoles"], sysd["quadrupoles"], sysd["widths"])], \
+        (None if lower is None else lower.to(device))
+
+
+@pytest.mark.parametrize("kind", ["open", "periodic"])
+def test_gradcheck(GM, device, kind):
+    (pos, q, mu, th, s), lower = _small(kind, device, 5)
+    ex = torch.tensor([[0, 1]], device=device)
+    elec = GM(cutoff=0.9, alpha=3.0, grid=[20, 20, 20], order=6, include_self=True)
+
+    def f(p, qq, m, a, w, *box):
+        b = _box_from_lower(box[0]) if box else None
+        return elec.energy(p, qq, m, _traceless(a), w, b, ex)
+
+    inputs = [t.clone().requires_grad_(True) for t in (pos, q, mu, th, s)]
+    if lower is not None:
+        inputs.append(lower.clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["open", "periodic"])
+def test_gradgradcheck(GM, device, kind):
+    (pos, q, mu, th, s), lower = _small(kind, device, 4)
+    box = None if lower is None else _box_from_lower(lower)
+    elec = GM(cutoff=0.9, alpha=3.0, grid=[20, 20, 20], order=6)
+
+    def f(p, qq, m):
+        return elec.energy(p, qq, m, th, s, box)
+
+    inputs = [t.clone().requires_grad_(True) for t in (pos, q, mu)]
+    assert torch.autograd.gradgradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_hessian_matches_reference(GM, device):
+    """Second derivatives d2E/dr dq against the reference (open, Gaussian multipoles)."""
+    sysd = system("open", "qdQ", "gauss", True, False, 6)
+    out = []
+    for fn, dev in ((lambda **k: GM().energy(**k), device), (R.reference_energy, torch.device("cpu"))):
+        s = _to(sysd, dev)
+        p = s["positions"].clone().requires_grad_(True)
+        q = s["charges"].clone().requires_grad_(True)
+        e = fn(**dict(s, positions=p, charges=q))
+        (g,) = torch.autograd.grad(e, p, create_graph=True)
+        rows = [torch.autograd.grad(g.flatten()[k], q, retain_graph=True)[0] for k in range(g.numel())]
+        out.append(torch.stack(rows).detach().cpu())
+    assert maxrel(out[0], out[1]) <= 1e-9
+
+
+# ============================================================================ bad input
+
+
+def _good(device):
+    s = _to(system("triclinic", "qdQ", "gauss", True, False, 8), device)
+    return s
+
+
+BAD_CASES = {
+    "positions-shape": ("positions", lambda s: dict(s, positions=s["positions"][:, :2])),
+    "charges-shape": ("charges", lambda s: dict(s, charges=s["charges"][:-1])),
+    "dipoles-shape": ("dipoles", lambda s: dict(s, dipoles=s["dipoles"][:, :2])),
+    "quadrupoles-shape": ("quadrupoles", lambda s: dict(s, quadrupoles=s["quadrupoles"][:, 0])),
+    "widths-shape": ("widths", lambda s: dict(s, widths=s["widths"][:-1])),
+    "box-shape": ("box", lambda s: dict(s, box=s["box"][0])),
+    "exclusions-shape": ("exclusions", lambda s: dict(s, exclusions=torch.zeros(3, 3, dtype=torch.long))),
+    "charges-dtype": ("charges", lambda s: dict(s, charges=s["charges"].float())),
+    "dipoles-dtype": ("dipoles", lambda s: dict(s, dipoles=s["dipoles"].float())),
+    "widths-dtype": ("widths", lambda s: dict(s, widths=s["widths"].float())),
+    "box-dtype": ("box", lambda s: dict(s, box=s["box"].float())),
+    "positions-nan": ("positions", lambda s: dict(s, positions=s["positions"].index_fill(0, torch.tensor([2], device=s["positions"].device), float("nan")))),
+    "widths-negative": ("widths", lambda s: dict(s, widths=s["widths"] * torch.where(torch.arange(8, device=s["widths"].device) == 3, -1.0, 1.0).to(s["widths"]))),
+    "box-too-small": ("box", lambda s: dict(s, box=s["box"] * 0.7)),
+    "box-not-reduced": ("box", lambda s: dict(s, box=s["box"] + torch.tensor([[0, 0, 0], [2.0, 0, 0], [0, 0, 0]], dtype=DT, device=s["box"].device))),
+    "box-not-lower-triangular": ("box", lambda s: dict(s, box=s["box"] + torch.tensor([[0, 0.3, 0], [0, 0, 0], [0, 0, 0]], dtype=DT, device=s["box"].device))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_raises_value_error_naming_argument(GM, device, case):
+    name, make = BAD_CASES[case]
+    s = make(_good(device))
+    with pytest.raises(ValueError, match=name):
+        GM().energy(**s)
+    with pytest.raises(ValueError, match=name):
+        GM().potential(**s)
+
+
+def test_include_self_without_widths_raises(GM, device):
+    s = dict(_good(device), widths=None)
+    with pytest.raises(ValueError, match="widths"):
+        GM(include_self=True).energy(**s)
+
+
+def test_device_mismatch_raises(GM):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device")
+    s = _good(torch.device("cuda"))
+    s["charges"] = s["charges"].cpu()
+    with pytest.raises(ValueError, match="charges"):
+        GM().energy(**s)
