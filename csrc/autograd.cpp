@@ -69,24 +69,27 @@ at::Tensor contract_laplacian(const at::Tensor& x, const at::Tensor& y, int d) {
   return (x * lap).sum(1);
 }
 
-at::Tensor opt(const c10::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+// Absent optional tensors travel through autograd::Function as empty tensors: Function::apply
+// drops nullopt inputs from its edge list, which would shift the gradient slots.
+at::Tensor opt(const c10::optional<at::Tensor>& t, const at::Tensor& like) {
+  return t.has_value() ? *t : at::empty({0}, like.options());
+}
 c10::optional<at::Tensor> opt(const at::Tensor& t) {
-  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+  return (t.defined() && t.numel() > 0) ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
 class FieldFunction : public torch::autograd::Function<FieldFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& pos, const at::Tensor& c,
-                            const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& box,
-                            const at::Tensor& ep, const at::Tensor& ei, double cutoff, double beta, int64_t deg,
-                            bool self) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& pos, const at::Tensor& c, const at::Tensor& w,
+                            const at::Tensor& box, const at::Tensor& ep, const at::Tensor& ei, double cutoff,
+                            double beta, int64_t deg, bool self) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({pos, c, opt(w), opt(box), ep, ei});
+    ctx->save_for_backward({pos, c, w, box, ep, ei});
     ctx->saved_data["cutoff"] = cutoff;
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["deg"] = deg;
     ctx->saved_data["self"] = self;
-    return call_field(pos, c, w, box, ep, ei, cutoff, beta, deg, self);
+    return call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, deg, self);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -100,7 +103,8 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
     variable_list out(10);
     if (!G.defined()) return out;
     const bool need_pos = ctx->needs_input_grad(0), need_c = ctx->needs_input_grad(1);
-    const bool need_w = w.defined() && ctx->needs_input_grad(2), need_box = box.defined() && ctx->needs_input_grad(3);
+    const bool need_w = w.numel() > 0 && ctx->needs_input_grad(2);
+    const bool need_box = box.numel() > 0 && ctx->needs_input_grad(3);
     // G' = parity * G: the grad as source coefficients (a receiver seen from the other end).
     const at::Tensor Gp = G * parity(dout, G);
     const at::Tensor pc = parity(din, c);
@@ -132,12 +136,11 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
 
 class VirialFunction : public torch::autograd::Function<VirialFunction> {
  public:
-  static at::Tensor forward(AutogradContext*, const at::Tensor& pos, const at::Tensor& c,
-                            const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& box,
-                            const at::Tensor& ep, const at::Tensor& ei, double cutoff, double beta, bool self,
-                            const at::Tensor& g) {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& pos, const at::Tensor& c, const at::Tensor& w,
+                            const at::Tensor& box, const at::Tensor& ep, const at::Tensor& ei, double cutoff,
+                            double beta, bool self, const at::Tensor& g) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_virial(pos, c, w, box, ep, ei, cutoff, beta, self, g);
+    return call_virial(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, self, g);
   }
   static variable_list backward(AutogradContext*, variable_list) {
     TORCH_CHECK(false, "mlpolar: second derivatives through the periodic box (e.g. training on stress) are not "
@@ -197,12 +200,12 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
 at::Tensor field_autograd(const at::Tensor& pos, const at::Tensor& c, const c10::optional<at::Tensor>& w,
                           const c10::optional<at::Tensor>& box, const at::Tensor& ep, const at::Tensor& ei,
                           double cutoff, double beta, int64_t deg, bool self) {
-  return FieldFunction::apply(pos, c, w, box, ep, ei, cutoff, beta, deg, self);
+  return FieldFunction::apply(pos, c, opt(w, pos), opt(box, pos), ep, ei, cutoff, beta, deg, self);
 }
 at::Tensor virial_autograd(const at::Tensor& pos, const at::Tensor& c, const c10::optional<at::Tensor>& w,
                            const c10::optional<at::Tensor>& box, const at::Tensor& ep, const at::Tensor& ei,
                            double cutoff, double beta, bool self, const at::Tensor& g) {
-  return VirialFunction::apply(pos, c, w, box, ep, ei, cutoff, beta, self, g);
+  return VirialFunction::apply(pos, c, opt(w, pos), opt(box, pos), ep, ei, cutoff, beta, self, g);
 }
 at::Tensor spread_autograd(const at::Tensor& u, const at::Tensor& e, at::IntArrayRef size, int64_t order) {
   return SpreadFunction::apply(u, e, size, order);
