@@ -39,6 +39,44 @@ struct FieldLoop {
   }
 };
 
+// The same with compile-time degrees, sites in cell order (neighbour cells stay in cache).
+template <int DIN, int DOUT, typename T>
+void field_loop_fixed(const RealSpaceArgs<T>& a, T* out) {
+  const int64_t size = (int64_t)a.n * ncart(DOUT);
+  const int nthreads = omp_get_max_threads();
+  std::vector<T> buffers((size_t)nthreads * size, T(0));
+#pragma omp parallel
+  {
+    T* mine = buffers.data() + (int64_t)omp_get_thread_num() * size;
+#pragma omp for schedule(dynamic, 64)
+    for (int k = 0; k < a.n; ++k) {
+      field_half_pairs_fixed<DIN, DOUT>(a, k, mine);
+      const int i = a.periodic ? a.cell_atoms[k] : k;
+      field_corrections_at_site<DIN + DOUT>(a, i, mine + (int64_t)i * ncart(DOUT));
+    }
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < size; ++k) {
+      T acc = 0;
+      for (int t = 0; t < nthreads; ++t) acc += buffers[(size_t)t * size + k];
+      out[k] = acc;
+    }
+  }
+}
+
+template <typename T>
+bool field_fixed(const RealSpaceArgs<T>& a, T* out) {
+#define MLP_CASE(I, O)              \
+  if (a.din == I && a.dout == O) {  \
+    field_loop_fixed<I, O>(a, out); \
+    return true;                    \
+  }
+  MLP_CASE(0, 0) MLP_CASE(0, 1) MLP_CASE(0, 2) MLP_CASE(0, 3)
+  MLP_CASE(1, 0) MLP_CASE(1, 1) MLP_CASE(1, 2) MLP_CASE(1, 3)
+  MLP_CASE(2, 0) MLP_CASE(2, 1) MLP_CASE(2, 2) MLP_CASE(2, 3)
+#undef MLP_CASE
+  return false;
+}
+
 template <int L>
 struct VirialLoop {
   template <typename T>
@@ -60,7 +98,8 @@ at::Tensor multipole_field_cpu(const at::Tensor& positions, const at::Tensor& co
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "multipole_field_cpu", [&] {
     auto in = make_realspace_inputs<scalar_t>(positions, coeffs, widths, box, excl_ptr, excl_idx, cutoff, beta,
                                               (int)deg_out, include_self);
-    dispatch_degree<FieldLoop>(din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
+    if (!field_fixed(in.args, out.data_ptr<scalar_t>()))
+      dispatch_degree<FieldLoop>(din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
   });
   return out;
 }

@@ -22,6 +22,8 @@
 
 #if defined(__CUDACC__)
 #define MLP_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define MLP_UNROLL _Pragma("GCC unroll 128")
 #else
 #define MLP_UNROLL
 #endif
@@ -159,6 +161,33 @@ MLP_HD void contract_field(const T* R, const T* c, int din, int dout, T* out) {
         for (int ds = 0; ds <= din; ++ds)
           for (int s1 = ds; s1 >= 0; --s1)
             for (int s2 = ds - s1; s2 >= 0; --s2) acc += c[is++] * R[cidx(t1 + s1, t2 + s2, ds - s1 - s2 + t3)];
+        out[it++] += acc;
+      }
+}
+
+// contract_field and contract_field_mirror with compile-time degrees: fully unrolled, with
+// every packed index a constant (the hot paths: charges, dipoles, quadrupoles; fields to degree 3).
+template <int DIN, int DOUT, bool MIRROR, typename T>
+MLP_HD void contract_fixed(const T* R, const T* c, T* out) {
+  int it = 0;
+  MLP_UNROLL
+  for (int dt = 0; dt <= DOUT; ++dt)
+    MLP_UNROLL
+    for (int t1 = dt; t1 >= 0; --t1)
+      MLP_UNROLL
+      for (int t2 = dt - t1; t2 >= 0; --t2) {
+        const int t3 = dt - t1 - t2;
+        T acc = 0;
+        int is = 0;
+        MLP_UNROLL
+        for (int ds = 0; ds <= DIN; ++ds)
+          MLP_UNROLL
+          for (int s1 = ds; s1 >= 0; --s1)
+            MLP_UNROLL
+            for (int s2 = ds - s1; s2 >= 0; --s2) {
+              const T term = c[is++] * R[cidx(t1 + s1, t2 + s2, ds - s1 - s2 + t3)];
+              acc += (MIRROR && ((ds + dt) % 2)) ? -term : term;
+            }
         out[it++] += acc;
       }
 }

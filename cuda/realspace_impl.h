@@ -176,6 +176,64 @@ MLP_HD void field_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
   field_corrections_at_site<L>(a, i, out);
 }
 
+// Half-shell stencil of the periodic CPU loop: site i (at position k_i in cell order) meets
+// the later sites of its own cell and all sites of the neighbour cells whose offset is
+// lexicographically positive. Every pair is met once: at most one image lies inside the cutoff.
+template <typename T, typename F>
+MLP_HD void for_each_half_shell_partner(const RealSpaceArgs<T>& a, int ki, F& f) {
+  const int i = a.cell_atoms[ki];
+  const T xi = a.cell_pos[3 * ki], yi = a.cell_pos[3 * ki + 1], zi = a.cell_pos[3 * ki + 2];
+  const int c = a.cell_of[i];
+  const int cz = c % a.ncell[2], cy = (c / a.ncell[2]) % a.ncell[1], cx = c / (a.ncell[2] * a.ncell[1]);
+  for (int ox = 0; ox <= a.reach; ++ox) {
+    const int sx = floor_div(cx + ox, a.ncell[0]), nx = cx + ox - sx * a.ncell[0];
+    for (int oy = (ox ? -a.reach : 0); oy <= a.reach; ++oy) {
+      const int sy = floor_div(cy + oy, a.ncell[1]), ny = cy + oy - sy * a.ncell[1];
+      for (int oz = ((ox || oy) ? -a.reach : 0); oz <= a.reach; ++oz) {
+        const int sz = floor_div(cz + oz, a.ncell[2]), nz = cz + oz - sz * a.ncell[2];
+        const T hx = xi - (sx * a.box[0] + sy * a.box[3] + sz * a.box[6]);
+        const T hy = yi - (sy * a.box[4] + sz * a.box[7]);
+        const T hz = zi - sz * a.box[8];
+        const int nc = (nx * a.ncell[1] + ny) * a.ncell[2] + nz;
+        const int kbeg = (ox || oy || oz) ? a.cell_start[nc] : ki + 1;
+        for (int k = kbeg; k < a.cell_start[nc + 1]; ++k) {
+          const T x = hx - a.cell_pos[3 * k], y = hy - a.cell_pos[3 * k + 1], z = hz - a.cell_pos[3 * k + 2];
+          const T r2 = x * x + y * y + z * z;
+          if (r2 >= a.cutoff2) continue;
+          const int j = a.cell_atoms[k];
+          if (is_excluded(a, i, j)) continue;
+          f(j, x, y, z, r2);
+        }
+      }
+    }
+  }
+}
+
+// Pair terms of site i (cell-order position ki when periodic) with its half-shell partners,
+// added to both ends, with compile-time degrees.
+template <int DIN, int DOUT, typename T>
+MLP_HD void field_half_pairs_fixed(const RealSpaceArgs<T>& a, int ki, T* out_all) {
+  constexpr int L = DIN + DOUT, NIN = ncart(DIN), NOUT = ncart(DOUT);
+  const int i = a.periodic ? a.cell_atoms[ki] : ki;
+  T R[ncart(L)];
+  T acc_i[NOUT];
+  for (int k = 0; k < NOUT; ++k) acc_i[k] = 0;
+  const T* ci = a.coeffs + (int64_t)i * NIN;
+  auto pair = [&](int j, T x, T y, T z, T r2) {
+    T B[L + 1];
+    pair_radial(a, i, j, r2, L, B);
+    hermite_tensor<L>(x, y, z, B, R);
+    contract_fixed<DIN, DOUT, false>(R, a.coeffs + (int64_t)j * NIN, acc_i);
+    contract_fixed<DIN, DOUT, true>(R, ci, out_all + (int64_t)j * NOUT);
+  };
+  if (a.periodic)
+    for_each_half_shell_partner(a, ki, pair);
+  else
+    for_each_partner<true>(a, i, pair);
+  T* out_i = out_all + (int64_t)i * NOUT;
+  for (int k = 0; k < NOUT; ++k) out_i[k] += acc_i[k];
+}
+
 // Pair terms of site i with its partners j > i, added to both ends: out_i gets the field of j,
 // out_j the field of i (R(-x) = (-1)^|m| R(x)). Each pair's radial functions are computed once.
 template <int L, typename T>

@@ -4,7 +4,9 @@ Nothing here imports mlpolar.  Three external codes are wrapped so that they spe
 conventions (nm, kJ/mol, e; Buckingham quadrupoles Θ = ½ Σ q (3 r⊗r − r² I); a site's energy in a
 potential q φ + μ·∇φ + ⅓ Θ:∇∇φ), plus a brute-force direct sum used to check the wrappers:
 
-* OpenMM ``NonbondedForce`` (point charges, PME, Reference platform, double precision),
+* OpenMM ``NonbondedForce`` (point charges, PME, Reference platform, double precision): standard
+  smooth PME; OpenMM exceptions with chargeProd 0 are pairs that do not interact at all (the
+  reciprocal-space part of the pair is subtracted), i.e. mlpolar's ``exclusions``,
 * OpenMM ``AmoebaMultipoleForce`` (point charges + dipoles + quadrupoles, PME or NoCutoff),
 * graph_longrange (MACE-POLAR-1's electrostatics; Gaussian charges and dipoles).
 
@@ -26,6 +28,14 @@ AmoebaMultipoleForce (OpenMM 8.6.1)
     is not included; PME includes the Ewald self-energy correction (i.e. only true pairs remain)
     and uses tin-foil boundary conditions and B-spline order 5.
   - Coulomb constant 138.9354576 (≈1e-8 relative above mlpolar's 138.935456, negligible).
+  - Its PME is *not* plain smooth PME: the B-spline moduli are multiplied by Tinker's "optimal
+    zeta" alias correction (AmoebaReferencePmeMultipoleForce::initializeBSplineModuli), and for
+    odd grid sizes the zeta of the index (K−1)/2 is evaluated at the wrong wave number
+    (k = i − K when i > K/2 with integer division).  So at identical (alpha, grid, order) it agrees
+    with standard SPME (mlpolar, NonbondedForce) only to the PME discretisation error: measured
+    ≲1e-7 in energy and ~1e-8 in forces on even grids at the tolerance-1e-6 grid (96³), but up
+    to ~2e-6 (forces) on odd grids (e.g. 96×91×87) and ~2e-4 on a coarse odd grid (45³); both
+    codes converge to the same answer (1e-8) on fine grids.
 
 graph_longrange 0.4.4
   - Units: positions Å, charges e, energies eV; 1/(4πε0) = FIELD_CONSTANT/(4π) = 14.3996454 eV·Å
@@ -157,11 +167,14 @@ def random_sites(n, box_length, seed, dipole_scale=0.02, quad_scale=0.005, neutr
 # ----------------------------------------------------------------------------------------------
 # OpenMM NonbondedForce (point charges)
 # ----------------------------------------------------------------------------------------------
-def water_box(shape="cube", size=2.0, seed=None):
-    """TIP3P water box from Modeller.addSolvent (amber14/tip3p.xml) with its System.
+def water_box(shape="cube", size=2.0):
+    """TIP3P water box from Modeller.addSolvent (amber14/tip3p.xml); returns (modeller, forcefield).
 
     shape: "cube" (size = edge, nm) or "dodecahedron" (rhombic dodecahedron, reduced triclinic
-    vectors a=(d,0,0), b=(0,d,0), c=(d/2,d/2,d√2/2), size = d).
+    vectors a=(d,0,0), b=(0,d,0), c=(d/2,d/2,d√2/2), size = d).  The vectors are passed
+    explicitly: in OpenMM 8.6.1 addSolvent(boxShape='dodecahedron') only acts together with
+    padding (with boxSize it silently builds a cube).  Positions come back unwrapped (centred
+    on the origin), which also exercises mlpolar's periodic wrapping.
     """
     import openmm as mm
     from openmm import app, unit

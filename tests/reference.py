@@ -458,9 +458,9 @@ def multipoles_as_charges(positions, charges, dipoles, quadrupoles, widths, d):
     """Each site as a cluster of (Gaussian) charges with the same moments up to O(d^2).
 
     A dipole mu: +-|mu|/d at +-d/2 along mu. A traceless quadrupole Theta = sum_c l_c u_c u_c^T
-    (eigen-decomposed) = l_1 (u1u1 - u3u3) + l_2 (u2u2 - u3u3); each (uu - vv) part is
-    +-l/(3 d^2) at +-d u and -+l/(3 d^2) at +-d v (zero second-moment trace, so that
-    1/2 sum q r r : grad grad = 1/3 Theta : grad grad exactly). Returns
+    (eigen-decomposed): l_c / (3 d^2) at +d u_c and at -d u_c, so that the cluster has no charge,
+    no dipole, second moment 1/2 sum q r r = Theta / 3 with zero trace, and no third moment.
+    Returns
     (positions, charges, widths, exclusions) of the charge system, the exclusions removing every
     pair within one site (so that sites still do not see their own density).
     """
@@ -484,13 +484,9 @@ def multipoles_as_charges(positions, charges, dipoles, quadrupoles, widths, d):
             add(r - 0.5 * d * u, -size / d)
         if quadrupoles is not None:
             lam, vec = torch.linalg.eigh(quadrupoles[i])
-            u3 = vec[:, 2]
-            for c in (0, 1):
-                u = vec[:, c]
-                qq = lam[c] / (3 * d * d)
+            for c in range(3):
                 for sgn in (1.0, -1.0):
-                    add(r + sgn * d * u, qq)
-                    add(r + sgn * d * u3, -qq)
+                    add(r + sgn * d * vec[:, c], lam[c] / (3 * d * d))
     owner = torch.tensor(owner)
     ex = [(a, b) for a in range(len(pos)) for b in range(a + 1, len(pos)) if owner[a] == owner[b]]
     return (torch.stack(pos), torch.stack(qs), None if widths is None else torch.stack(ws),
