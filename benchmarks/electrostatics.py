@@ -405,6 +405,26 @@ def worker(spec):
     case, method, device, threads = spec["case"], spec["method"], spec["device"], spec["threads"]
     if method == "tune-torchpme":
         return dict(tuned=tune_torchpme(cfg, threads))
+    # import what the method needs first, so that the memory baseline excludes the libraries
+    # but includes everything the calculator allocates (grids, contexts, k-vectors)
+    if method.startswith("openmm"):
+        import openmm  # noqa: F401
+    else:
+        _torch_setup(device, threads)
+        if method.startswith("mlpolar"):
+            import mlpolar.electrostatics  # noqa: F401
+        elif method.startswith("torchpme"):
+            import torchpme  # noqa: F401
+            import matscipy.neighbours  # noqa: F401
+        elif method.startswith("graph_longrange"):
+            import graph_longrange.energy  # noqa: F401
+    cuda_mem = device == "cuda" and not method.startswith("openmm")
+    if cuda_mem:
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated()
+    rss_base = _rss_bytes()
     t_setup = time.perf_counter()
     if method.startswith("mlpolar-"):
         if method == "mlpolar-f64-tight":
@@ -424,24 +444,23 @@ def worker(spec):
     else:
         raise ValueError(f"unknown method {method}")
     t_setup = time.perf_counter() - t_setup
-    cuda_mem = device == "cuda" and not method.startswith("openmm")
-    if cuda_mem:
-        import torch
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        cuda_base = torch.cuda.memory_allocated()
-    rss_base = _rss_bytes()
     times = []
     t0 = time.perf_counter()
     energy, forces = compute()                                # warm-up (also the result)
     t_first = time.perf_counter() - t0
-    for _ in range(spec["repeats"]):
+    # at least `repeats` timed calls; cheap calls are repeated until ~min_time s have passed
+    budget_end = time.perf_counter() + spec.get("min_time", 1.0)
+    while len(times) < spec["repeats"] or (
+            spec["repeats"] > 0 and time.perf_counter() < budget_end and len(times) < 50):
         t0 = time.perf_counter()
         e, _f = compute()
         times.append(time.perf_counter() - t0)
         del _f
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/loadavg") as fh:
+        load_after = float(fh.read().split()[0])
     out = dict(energy=energy, times=times, first_call_s=t_first, setup_s=t_setup, info=info,
+               load_before=spec.get("load_before"), load_after=load_after,
                peak_rss_mb=peak_rss / 2**20, rss_base_mb=rss_base / 2**20,
                peak_delta_mb=max(0.0, (peak_rss - rss_base) / 2**20))
     if cuda_mem:
@@ -456,6 +475,7 @@ def run_worker(spec, timeout):
     spec_path = Path(spec["workdir"]) / f"spec_{spec['tag']}.json"
     result_path = Path(spec["workdir"]) / f"result_{spec['tag']}.json"
     spec["result_out"] = str(result_path)
+    spec["load_before"] = loadavg()
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
@@ -475,6 +495,14 @@ def run_worker(spec, timeout):
     res = json.loads(result_path.read_text())
     res["worker_wall_s"] = wall
     return res
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except OSError:
+        return float("nan")
 
 
 def accuracy(energy, forces, ref_energy, ref_forces):
@@ -528,9 +556,11 @@ def main(argv=None):
                    help="skip peers above this N: an int for all peers, or peer=N,... "
                         "(default openmm=100000,torchpme=30000,graph_longrange=3000; on cuda "
                         "graph_longrange=10000)")
-    p.add_argument("--ref-max-n", type=int, default=10000,
-                   help="largest N with an independent reference; above it mlpolar-f64 at "
-                        "tolerance 1e-7 is the (self-consistency) reference")
+    p.add_argument("--ref-max-n", default="charges=30000,dipoles=10000",
+                   help="largest N with an independent reference (int, or case=N,...); above "
+                        "it mlpolar-f64 at tolerance 1e-7 is the (self-consistency) reference")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="cheap calls are repeated (up to 50) until this many seconds have passed")
     p.add_argument("--sigma", type=float, default=0.1, help="Gaussian width (nm) of the dipoles case")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per subprocess")
     p.add_argument("--csv", default=str(HERE / "results" / "electrostatics_cpu.csv"))
@@ -545,7 +575,8 @@ def main(argv=None):
         Path(spec["result_out"]).write_text(json.dumps(res))
         return 0
 
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    sizes = sorted(int(float(s)) for s in args.sizes.split(",") if s.strip())
+    ref_caps = parse_peer_caps(args.ref_max_n, {"charges": 30000, "dipoles": 10000})
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     peers = [s.strip() for s in args.peers.split(",") if s.strip()]
     default_caps = {"openmm": 100000, "torchpme": 30000,
@@ -571,6 +602,10 @@ def main(argv=None):
     tuned = None
     cmdline = "PYTHONPATH=python python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
     print(f"# {cmdline}", flush=True)
+    load0 = loadavg()
+    if load0 > 0.5:
+        print(f"# WARNING: 1-min load average is {load0:.2f} before starting: other processes are "
+              f"running and the timings will be noisy", flush=True)
     print(f"# device={args.device} threads={args.threads} repeats={args.repeats} "
           f"cutoff={CUTOFF} nm tolerance={TOLERANCE} sigma(dipoles)={args.sigma} nm", flush=True)
     try:
@@ -584,7 +619,7 @@ def main(argv=None):
                 if not methods:
                     continue
                 # reference
-                if n_actual <= args.ref_max_n:
+                if n_actual <= ref_caps.get(case, 0):
                     ref_method = "openmm-reference" if case == "charges" else "kspace-reference"
                     ref_label = ("OpenMM Reference PME tol 1e-7 (double)" if case == "charges"
                                  else f"float64 k-space Ewald sum (exp(-k^2 s^2) > 2e-9)")
@@ -617,8 +652,8 @@ def main(argv=None):
                         rows.append(row)
                         continue
                     spec = dict(case=case, method=method, device=args.device, threads=args.threads,
-                                repeats=args.repeats, config=str(cfg_path), workdir=str(workdir),
-                                tag=f"{case}_{n}_{method}",
+                                repeats=args.repeats, min_time=args.min_time, config=str(cfg_path),
+                                workdir=str(workdir), tag=f"{case}_{n}_{method}",
                                 forces_out=str(workdir / f"F_{case}_{n}_{method}.npy"))
                     if family == "torchpme":
                         if tuned is None:
@@ -647,7 +682,9 @@ def main(argv=None):
                                min_s=float(np.min(res["times"])), first_call_s=res["first_call_s"],
                                setup_s=res["setup_s"], peak_rss_mb=res["peak_rss_mb"],
                                peak_delta_mb=res["peak_delta_mb"], cuda_peak_mb=res.get("cuda_peak_mb"),
-                               energy=res["energy"], params=json.dumps(res["info"], sort_keys=True))
+                               energy=res["energy"], params=json.dumps(res["info"], sort_keys=True),
+                               n_calls=len(res["times"]), load_before=res.get("load_before"),
+                               load_after=res.get("load_after"))
                     if ref is not None:
                         de, df = accuracy(res["energy"], forces, ref["energy"], ref["forces"])
                         row.update(rel_energy_err=de, rel_rms_force_err=df, ref_energy=ref["energy"])
@@ -665,7 +702,8 @@ def main(argv=None):
 def report(rows, args, cmdline):
     mem_col = "cuda_peak_mb" if args.device == "cuda" else "peak_delta_mb"
     header = (f"{'case':8s} {'method':20s} {'N':>7s} {'median s':>10s} {'min s':>10s} "
-              f"{'peak MB':>9s} {'RSS MB':>8s} {'rel dE':>9s} {'rel dF':>9s}  reference / status")
+              f"{'peak MB':>9s} {'RSS MB':>8s} {'rel dE':>9s} {'rel dF':>9s} {'calls':>5s} {'load':>5s}  "
+              f"reference / status")
     print()
     print(f"# {cmdline}")
     print(header)
@@ -676,8 +714,8 @@ def report(rows, args, cmdline):
             continue
         print(f"{r['case']:8s} {r['method']:20s} {r['n']:7d} {r['median_s']:10.4f} {r['min_s']:10.4f} "
               f"{fmt(r.get(mem_col), '9.1f')} {r['peak_rss_mb']:8.0f} "
-              f"{fmt(r.get('rel_energy_err'), '9.1e')} {fmt(r.get('rel_rms_force_err'), '9.1e')}  "
-              f"{r['reference']}")
+              f"{fmt(r.get('rel_energy_err'), '9.1e')} {fmt(r.get('rel_rms_force_err'), '9.1e')} "
+              f"{r['n_calls']:5d} {fmt(r.get('load_before'), '5.1f')}  {r['reference']}")
     # scaling exponents
     print()
     for case in sorted({r["case"] for r in rows}):
@@ -691,9 +729,10 @@ def report(rows, args, cmdline):
     if args.csv:
         path = Path(args.csv)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields = ["case", "method", "n", "device", "threads", "status", "median_s", "min_s",
+        fields = ["case", "method", "n", "device", "threads", "status", "median_s", "min_s", "n_calls",
                   "first_call_s", "setup_s", "peak_delta_mb", "peak_rss_mb", "cuda_peak_mb",
-                  "energy", "ref_energy", "rel_energy_err", "rel_rms_force_err", "reference", "params"]
+                  "energy", "ref_energy", "rel_energy_err", "rel_rms_force_err", "reference", "params",
+                  "load_before", "load_after"]
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             w.writeheader()

@@ -2,6 +2,7 @@
 // themselves (one derivative degree higher), called through the dispatcher with autograd on,
 // so second derivatives (forces in a training loss) work to any order the degrees allow.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "multipole_math.h"
@@ -18,6 +19,13 @@ at::Tensor call_field(const at::Tensor& pos, const at::Tensor& c, const c10::opt
                       double beta, int64_t deg, bool self) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mlpolar::multipole_field", "").typed<decltype(call_field)>();
   return op.call(pos, c, w, box, ep, ei, cutoff, beta, deg, self);
+}
+std::tuple<at::Tensor, at::Tensor> call_field2(const at::Tensor& pos, const at::Tensor& c1, const at::Tensor& c2,
+                                               const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& box,
+                                               const at::Tensor& ep, const at::Tensor& ei, double cutoff, double beta,
+                                               int64_t deg1, int64_t deg2, bool self) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mlpolar::multipole_field2", "").typed<decltype(call_field2)>();
+  return op.call(pos, c1, c2, w, box, ep, ei, cutoff, beta, deg1, deg2, self);
 }
 at::Tensor call_spread(const at::Tensor& u, const at::Tensor& e, at::IntArrayRef size, int64_t order) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mlpolar::pme_spread", "").typed<decltype(call_spread)>();
@@ -110,10 +118,17 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
     const at::Tensor pc = parity(din, c);
     at::Tensor grad_pos;
     if (need_pos || need_c || need_box) {
-      at::Tensor F2 = call_field(pos, Gp, opt(w), opt(box), ep, ei, cutoff, beta, din + 1, self);
+      at::Tensor F1, F2;
+      if ((need_pos || need_box) && !at::GradMode::is_enabled()) {
+        // no graph to build: both fields in one pass over the pairs
+        at::AutoDispatchBelowADInplaceOrView below;
+        std::tie(F1, F2) = call_field2(pos, c, Gp, opt(w), opt(box), ep, ei, cutoff, beta, dout + 1, din + 1, self);
+      } else {
+        F2 = call_field(pos, Gp, opt(w), opt(box), ep, ei, cutoff, beta, din + 1, self);
+        if (need_pos || need_box) F1 = call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, dout + 1, self);
+      }
       if (need_c) out[1] = pc * F2.slice(1, 0, ncart(din));
       if (need_pos || need_box) {
-        at::Tensor F1 = call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, dout + 1, self);
         grad_pos = contract_shift(G, F1, dout) + contract_shift(pc * c, F2, din);
         if (need_pos) out[0] = grad_pos;
       }
@@ -220,6 +235,7 @@ at::Tensor gather_autograd(const at::Tensor& u, const at::Tensor& grid, int64_t 
 TORCH_LIBRARY_IMPL(mlpolar, Autograd, m) {
   m.impl("multipole_field", &mlpolar::field_autograd);
   m.impl("multipole_virial", &mlpolar::virial_autograd);
+  m.impl("multipole_field2", torch::autograd::autogradNotImplementedFallback());
   m.impl("pme_spread", &mlpolar::spread_autograd);
   m.impl("pme_gather", &mlpolar::gather_autograd);
 }

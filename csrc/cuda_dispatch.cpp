@@ -29,6 +29,16 @@ at::Tensor field_cuda(const at::Tensor& positions, const at::Tensor& coeffs, con
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> field2_cuda(const at::Tensor& positions, const at::Tensor& c1, const at::Tensor& c2,
+                                               const c10::optional<at::Tensor>& widths,
+                                               const c10::optional<at::Tensor>& box, const at::Tensor& excl_ptr,
+                                               const at::Tensor& excl_idx, double cutoff, double beta, int64_t deg1,
+                                               int64_t deg2, bool include_self) {
+  // one launch per field on the GPU (gather-style kernels; fusing them is future work)
+  return {field_cuda(positions, c1, widths, box, excl_ptr, excl_idx, cutoff, beta, deg1, include_self),
+          field_cuda(positions, c2, widths, box, excl_ptr, excl_idx, cutoff, beta, deg2, include_self)};
+}
+
 at::Tensor virial_cuda(const at::Tensor& positions, const at::Tensor& coeffs, const c10::optional<at::Tensor>& widths,
                        const c10::optional<at::Tensor>& box, const at::Tensor& excl_ptr, const at::Tensor& excl_idx,
                        double cutoff, double beta, bool include_self, const at::Tensor& grad_field) {
@@ -83,6 +93,7 @@ at::Tensor gather_cuda(const at::Tensor& grid_positions, const at::Tensor& grid,
 TORCH_LIBRARY_IMPL(mlpolar, CUDA, m) {
   m.impl("multipole_field", &mlpolar::field_cuda);
   m.impl("multipole_virial", &mlpolar::virial_cuda);
+  m.impl("multipole_field2", &mlpolar::field2_cuda);
   m.impl("pme_spread", &mlpolar::spread_cuda);
   m.impl("pme_gather", &mlpolar::gather_cuda);
 }

@@ -29,6 +29,11 @@ at::Tensor multipole_field_cpu(const at::Tensor& positions, const at::Tensor& co
                                const c10::optional<at::Tensor>& widths, const c10::optional<at::Tensor>& box,
                                const at::Tensor& excl_ptr, const at::Tensor& excl_idx, double cutoff, double beta,
                                int64_t deg_out, bool include_self);
+std::tuple<at::Tensor, at::Tensor> multipole_field2_cpu(const at::Tensor& positions, const at::Tensor& coeffs1,
+                                                       const at::Tensor& coeffs2, const c10::optional<at::Tensor>& widths,
+                                                       const c10::optional<at::Tensor>& box, const at::Tensor& excl_ptr,
+                                                       const at::Tensor& excl_idx, double cutoff, double beta,
+                                                       int64_t deg1, int64_t deg2, bool include_self);
 at::Tensor multipole_virial_cpu(const at::Tensor& positions, const at::Tensor& coeffs,
                                 const c10::optional<at::Tensor>& widths, const c10::optional<at::Tensor>& box,
                                 const at::Tensor& excl_ptr, const at::Tensor& excl_idx, double cutoff, double beta,

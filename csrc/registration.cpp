@@ -14,6 +14,13 @@ at::Tensor field_meta(const at::Tensor& positions, const at::Tensor&, const c10:
                       int64_t deg_out, bool) {
   return at::empty({positions.size(0), (int64_t)ncart((int)deg_out)}, positions.options());
 }
+std::tuple<at::Tensor, at::Tensor> field2_meta(const at::Tensor& positions, const at::Tensor&, const at::Tensor&,
+                                               const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                                               const at::Tensor&, const at::Tensor&, double, double, int64_t deg1,
+                                               int64_t deg2, bool) {
+  return {at::empty({positions.size(0), (int64_t)ncart((int)deg1)}, positions.options()),
+          at::empty({positions.size(0), (int64_t)ncart((int)deg2)}, positions.options())};
+}
 at::Tensor virial_meta(const at::Tensor& positions, const at::Tensor&, const c10::optional<at::Tensor>&,
                        const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, double, bool,
                        const at::Tensor&) {
@@ -35,6 +42,11 @@ TORCH_LIBRARY(mlpolar, m) {
   // without a box; minimum-image pairs inside `cutoff` with a box, minus erf(beta r)/r.
   m.def("multipole_field(Tensor positions, Tensor coeffs, Tensor? widths, Tensor? box, Tensor exclusion_ptr, "
         "Tensor exclusion_idx, float cutoff, float beta, int deg_out, bool include_self) -> Tensor");
+  // Two multipole_field results in one pass (same total degree): the first-order backward.
+  // Not differentiable; the autograd of multipole_field uses it only when no graph is built.
+  m.def("multipole_field2(Tensor positions, Tensor coeffs1, Tensor coeffs2, Tensor? widths, Tensor? box, "
+        "Tensor exclusion_ptr, Tensor exclusion_idx, float cutoff, float beta, int deg1, int deg2, "
+        "bool include_self) -> (Tensor, Tensor)");
   // sum over pairs of x_ij (outer) dLoss/dx_ij for Loss = sum(grad_field * multipole_field(...)): the box gradient.
   m.def("multipole_virial(Tensor positions, Tensor coeffs, Tensor? widths, Tensor? box, Tensor exclusion_ptr, "
         "Tensor exclusion_idx, float cutoff, float beta, bool include_self, Tensor grad_field) -> Tensor");
@@ -47,6 +59,7 @@ TORCH_LIBRARY(mlpolar, m) {
 TORCH_LIBRARY_IMPL(mlpolar, CPU, m) {
   m.impl("multipole_field", &mlpolar::multipole_field_cpu);
   m.impl("multipole_virial", &mlpolar::multipole_virial_cpu);
+  m.impl("multipole_field2", &mlpolar::multipole_field2_cpu);
   m.impl("pme_spread", &mlpolar::pme_spread_cpu);
   m.impl("pme_gather", &mlpolar::pme_gather_cpu);
 }
@@ -54,6 +67,7 @@ TORCH_LIBRARY_IMPL(mlpolar, CPU, m) {
 TORCH_LIBRARY_IMPL(mlpolar, Meta, m) {
   m.impl("multipole_field", &mlpolar::field_meta);
   m.impl("multipole_virial", &mlpolar::virial_meta);
+  m.impl("multipole_field2", &mlpolar::field2_meta);
   m.impl("pme_spread", &mlpolar::spread_meta);
   m.impl("pme_gather", &mlpolar::gather_meta);
 }

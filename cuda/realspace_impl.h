@@ -234,6 +234,37 @@ MLP_HD void field_half_pairs_fixed(const RealSpaceArgs<T>& a, int ki, T* out_all
   for (int k = 0; k < NOUT; ++k) out_i[k] += acc_i[k];
 }
 
+// Two fields in one pass (the first-order backward of multipole_field): coefficients c1 of
+// degree DIN1 to output degree DOUT1 and c2 (DIN2 -> DOUT2), DIN1 + DOUT1 == DIN2 + DOUT2, so
+// each pair's radial functions and Hermite tensor serve both.
+template <int DIN1, int DOUT1, int DIN2, int DOUT2, typename T>
+MLP_HD void field2_half_pairs_fixed(const RealSpaceArgs<T>& a, const T* c2, int ki, T* out1, T* out2) {
+  static_assert(DIN1 + DOUT1 == DIN2 + DOUT2, "both fields need the same total degree");
+  constexpr int L = DIN1 + DOUT1, NIN1 = ncart(DIN1), NOUT1 = ncart(DOUT1), NIN2 = ncart(DIN2), NOUT2 = ncart(DOUT2);
+  const int i = a.periodic ? a.cell_atoms[ki] : ki;
+  T R[ncart(L)];
+  T acc1[NOUT1], acc2[NOUT2];
+  for (int k = 0; k < NOUT1; ++k) acc1[k] = 0;
+  for (int k = 0; k < NOUT2; ++k) acc2[k] = 0;
+  const T* c1i = a.coeffs + (int64_t)i * NIN1;
+  const T* c2i = c2 + (int64_t)i * NIN2;
+  auto pair = [&](int j, T x, T y, T z, T r2) {
+    T B[L + 1];
+    pair_radial(a, i, j, r2, L, B);
+    hermite_tensor<L>(x, y, z, B, R);
+    contract_fixed<DIN1, DOUT1, false>(R, a.coeffs + (int64_t)j * NIN1, acc1);
+    contract_fixed<DIN1, DOUT1, true>(R, c1i, out1 + (int64_t)j * NOUT1);
+    contract_fixed<DIN2, DOUT2, false>(R, c2 + (int64_t)j * NIN2, acc2);
+    contract_fixed<DIN2, DOUT2, true>(R, c2i, out2 + (int64_t)j * NOUT2);
+  };
+  if (a.periodic)
+    for_each_half_shell_partner(a, ki, pair);
+  else
+    for_each_partner<true>(a, i, pair);
+  for (int k = 0; k < NOUT1; ++k) out1[(int64_t)i * NOUT1 + k] += acc1[k];
+  for (int k = 0; k < NOUT2; ++k) out2[(int64_t)i * NOUT2 + k] += acc2[k];
+}
+
 // Pair terms of site i with its partners j > i, added to both ends: out_i gets the field of j,
 // out_j the field of i (R(-x) = (-1)^|m| R(x)). Each pair's radial functions are computed once.
 template <int L, typename T>

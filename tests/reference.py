@@ -556,6 +556,8 @@ def self_check(verbose=True):
     phi, f, fg = reference_potential(pos, qc, mu, th, s, box, ex)
     out["energy_from_potential"] = _rel(energy_from_potential(qc, mu, th, phi, f, fg), e1)
     phi2, f2, fg2 = reference_potential(pos, qc, mu, th, s, box, ex, alpha=1.3, nimages=2)
+    phi, f, fg, phi2, f2, fg2 = (t.detach() for t in (phi, f, fg, phi2, f2, fg2))
+    phi, f, fg, phi2, f2, fg2 = (t.detach() for t in (phi, f, fg, phi2, f2, fg2))
     out["potential_alpha_independence"] = float(max((phi2 - phi).abs().max() / phi.abs().max(),
                                                     (f2 - f).abs().max() / f.abs().max(),
                                                     (fg2 - fg).abs().max() / fg.abs().max()))
@@ -568,12 +570,12 @@ def self_check(verbose=True):
     # a neutral molecule in a growing cubic box: E(L) -> E_open - 2 pi |M|^2 / (3 L^3) (tin-foil)
     mpos, mq, mmu, mth, ms = random_system(6, extent=0.5, seed=5)
     mpos = mpos + 0.5
-    e_open = reference_energy(mpos, mq, mmu, mth, ms)
+    e_open = reference_energy(mpos, mq, mmu, mth, ms).detach()
     m_tot = (mq[:, None] * mpos).sum(0) + mmu.sum(0)
     res = []
     for length in (4.0, 8.0, 16.0):
         cub = torch.eye(3, dtype=torch.float64) * length
-        e_l = reference_energy(mpos, mq, mmu, mth, ms, cub)
+        e_l = reference_energy(mpos, mq, mmu, mth, ms, cub).detach()
         res.append(float(e_l - e_open) / float(e_open))
         res.append(float(e_l - e_open + ONE_4PI_EPS0 * 2 * math.pi * (m_tot ** 2).sum() / (3 * length ** 3))
                    / float(e_open))

@@ -4,6 +4,7 @@ Spreading and gathering run in the compiled operators on grid coordinates u = K 
 coordinates); the frame change, the FFTs and the influence function are torch operations, so
 the gradient with respect to the box (the virial) follows from autograd.
 """
+import functools
 import math
 from typing import List
 
@@ -15,9 +16,14 @@ from .multipoles import from_frame, to_frame
 
 def bspline_moduli(K: int, order: int, dtype: torch.dtype, device: torch.device, rfft: bool = False) -> torch.Tensor:
     """|b(m)|^2 of smooth PME (Essmann et al. 1995) for m = 0..K-1 (or 0..K//2 when rfft)."""
-    # M_p at the integer points 1..p-1
-    M = [1.0] + [0.0] * (order - 1)  # M_1(k), k = 0..p-1 on [k, k+1)
-    vals = [0.0] * (order + 1)
+    mod = _bspline_moduli(K, order)
+    if rfft:
+        mod = mod[: K // 2 + 1]
+    return mod.to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _bspline_moduli(K: int, order: int) -> torch.Tensor:
     # cardinal B-spline values at integers via the recursion M_n(x) = x/(n-1) M_{n-1}(x) + (n-x)/(n-1) M_{n-1}(x-1)
     def M_at(n: int, x: float) -> float:
         if n == 1:
@@ -34,9 +40,7 @@ def bspline_moduli(K: int, order: int, dtype: torch.dtype, device: torch.device,
     for i in range(K):
         if mod[i] < 1e-7:
             mod[i] = 0.5 * (mod[(i - 1) % K] + mod[(i + 1) % K])
-    if rfft:
-        mod = mod[: K // 2 + 1]
-    return mod.to(dtype=dtype, device=device)
+    return mod
 
 
 def influence_function(box: torch.Tensor, grid: List[int], alpha: float, order: int) -> torch.Tensor:
