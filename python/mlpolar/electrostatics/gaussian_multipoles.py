@@ -28,46 +28,52 @@ class GaussianMultipoles(torch.nn.Module):
             ewaldErrorTolerance).
         alpha: Ewald splitting parameter (1/nm), overriding the tolerance.
         grid: PME grid size (three ints), overriding the tolerance.
-        order: B-spline order of PME (>= 5; quadrupoles and field gradients need derivatives).
+        order: B-spline order of PME (5..10). Default: 5 for charge energies and forces (as
+            OpenMM), 8 when dipoles, quadrupoles or field gradients are involved: OpenMM's grid
+            rule is calibrated for point charges, and higher multipoles need smoother splines
+            to stay within the tolerance at that grid.
         include_self: add each Gaussian's self-energy (needs widths > 0). Without it a site does
             not interact with its own density.
     """
 
     def __init__(self, cutoff: float = 0.9, tolerance: float = 1e-5, alpha: Optional[float] = None,
-                 grid: Optional[List[int]] = None, order: int = 5, include_self: bool = False):
+                 grid: Optional[List[int]] = None, order: Optional[int] = None, include_self: bool = False):
         super().__init__()
         if not cutoff > 0:
             raise ValueError(f"cutoff must be positive (nm), got {cutoff}")
         if not 0 < tolerance < 0.5:
             raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
-        if order < 5 or order > 10:
+        if order is not None and (order < 5 or order > 10):
             raise ValueError(f"order must be between 5 and 10 (B-spline order of PME), got {order}")
         if alpha is not None and not alpha > 0:
             raise ValueError(f"alpha must be positive (1/nm), got {alpha}")
-        if grid is not None and (len(grid) != 3 or min(grid) < order):
-            raise ValueError(f"grid must be three sizes of at least order={order}, got {grid}")
+        if grid is not None and (len(grid) != 3 or min(grid) < (order or 8)):
+            raise ValueError(f"grid must be three sizes of at least the spline order ({order or 8}), got {grid}")
         self.cutoff = float(cutoff)
         self.tolerance = float(tolerance)
         self.alpha = alpha
         self.grid = None if grid is None else [int(g) for g in grid]
-        self.order = int(order)
+        self.order = None if order is None else int(order)
         self.include_self = bool(include_self)
 
-    def parameters_for(self, box: torch.Tensor, widths: Optional[torch.Tensor] = None) -> Tuple[float, List[int], int]:
-        """(alpha, grid, order) that a periodic call with this box and these widths uses."""
+    def parameters_for(self, box: torch.Tensor, widths: Optional[torch.Tensor] = None,
+                       degree: int = 0) -> Tuple[float, List[int], int]:
+        """(alpha, grid, order) that a periodic call with this box and these widths uses;
+        `degree` is the highest multipole or field-derivative degree of the call (0: charges)."""
         max_width = 0.0 if widths is None or widths.numel() == 0 else float(widths.detach().max())
-        alpha, grid = ewald_parameters(box, self.cutoff, self.tolerance, self.order, max_width)
+        order = self.order if self.order is not None else (5 if degree == 0 else 8)
+        alpha, grid = ewald_parameters(box, self.cutoff, self.tolerance, order, max_width)
         if self.alpha is not None:
             alpha = float(self.alpha)
         if self.grid is not None:
             grid = list(self.grid)
-        return alpha, grid, self.order
+        return alpha, grid, order
 
     # the contract's name; nn.Module.parameters() keeps its meaning when called without a box
-    def parameters(self, box=None, widths=None, recurse: bool = True):  # type: ignore[override]
+    def parameters(self, box=None, widths=None, recurse: bool = True, degree: int = 0):  # type: ignore[override]
         if box is None:
             return super().parameters(recurse)
-        return self.parameters_for(box, widths)
+        return self.parameters_for(box, widths, degree)
 
     def energy(self, positions: torch.Tensor, charges: torch.Tensor, dipoles: Optional[torch.Tensor] = None,
                quadrupoles: Optional[torch.Tensor] = None, widths: Optional[torch.Tensor] = None,
@@ -76,7 +82,7 @@ class GaussianMultipoles(torch.nn.Module):
         self._check(positions, charges, dipoles, quadrupoles, widths, box, exclusions)
         d = receiver_coefficients(charges, dipoles, quadrupoles)
         deg = multipole_degree(dipoles, quadrupoles)
-        V = self._field(positions, d, deg, charges, widths, box, exclusions)
+        V = self._field(positions, d, deg, charges, widths, box, exclusions, self.include_self)
         return 0.5 * (d * V).sum()
 
     def potential(self, positions: torch.Tensor, charges: torch.Tensor, dipoles: Optional[torch.Tensor] = None,
@@ -86,7 +92,8 @@ class GaussianMultipoles(torch.nn.Module):
         """(phi [n] kJ/mol/e, field [n,3] kJ/mol/e/nm, field gradient [n,3,3] kJ/mol/e/nm^2) at each site."""
         self._check(positions, charges, dipoles, quadrupoles, widths, box, exclusions)
         d = receiver_coefficients(charges, dipoles, quadrupoles)
-        V = self._field(positions, d, 2, charges, widths, box, exclusions)
+        # the potential of the *other* sites: a site's own density never enters
+        V = self._field(positions, d, 2, charges, widths, box, exclusions, False)
         phi, grad, hess = split_derivatives(V)
         return phi, -grad, -hess
 
@@ -95,17 +102,17 @@ class GaussianMultipoles(torch.nn.Module):
                           exclusions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Packed potential derivatives (kJ/mol/e/nm^k) at each site from receiver coefficients d
         (multipoles.py). For callers that already hold packed coefficients (the model)."""
-        return self._field(positions, d, deg_out, charges, widths, box, exclusions)
+        return self._field(positions, d, deg_out, charges, widths, box, exclusions, False)
 
-    def _field(self, positions, d, deg_out: int, charges, widths, box, exclusions) -> torch.Tensor:
+    def _field(self, positions, d, deg_out: int, charges, widths, box, exclusions, include_self: bool) -> torch.Tensor:
         n = positions.shape[0]
         ptr, idx = ops.exclusions_to_csr(exclusions, n, positions.device)
         c = d * parity(ops.degree_of(d.shape[1]), d)
         if box is None:
-            V = ops.multipole_field(positions, c, widths, None, ptr, idx, 0.0, 0.0, deg_out, self.include_self)
+            V = ops.multipole_field(positions, c, widths, None, ptr, idx, 0.0, 0.0, deg_out, include_self)
             return ONE_4PI_EPS0 * V
-        alpha, grid, order = self.parameters_for(box, widths)
-        V = ops.multipole_field(positions, c, widths, box, ptr, idx, self.cutoff, alpha, deg_out, self.include_self)
+        alpha, grid, order = self.parameters_for(box, widths, max(ops.degree_of(d.shape[1]), deg_out))
+        V = ops.multipole_field(positions, c, widths, box, ptr, idx, self.cutoff, alpha, deg_out, include_self)
         V = V + reciprocal_field(positions, d, box, alpha, grid, order, deg_out)
         # Neutralising background for a net charge Q (tin-foil Ewald with the k = 0 term dropped):
         # E_bg = -pi Q^2 / (2 V alpha^2) + (2 pi / V) Q sum_i q_i sigma_i^2, and phi_bg = dE_bg/dq_i.
@@ -142,9 +149,10 @@ class GaussianMultipoles(torch.nn.Module):
             if t.device != positions.device:
                 raise ValueError(f"{name} is on {t.device} but positions are on {positions.device}; move one")
         if quadrupoles is not None:
-            asym = (quadrupoles - quadrupoles.transpose(1, 2)).abs().max() if n else 0.0
-            trace = quadrupoles.diagonal(dim1=1, dim2=2).sum(-1).abs().max() if n else 0.0
-            scale = float(quadrupoles.abs().max()) if n else 0.0
+            qd = quadrupoles.detach()
+            asym = (qd - qd.transpose(1, 2)).abs().max() if n else 0.0
+            trace = qd.diagonal(dim1=1, dim2=2).sum(-1).abs().max() if n else 0.0
+            scale = float(quadrupoles.detach().abs().max()) if n else 0.0
             if float(asym) > 1e-6 * max(scale, 1e-30) or float(trace) > 1e-6 * max(scale, 1e-30):
                 raise ValueError("quadrupoles must be symmetric and traceless (Buckingham convention); "
                                  "symmetrise and remove the trace, Theta - tr(Theta) I / 3")
