@@ -38,7 +38,8 @@ class CMakeBuild(build_ext):
         import torch
         import torch.utils.cpp_extension as cpp
 
-        out = Path(self.get_ext_fullpath(ext.name)).parent.resolve() / "mlpolar"
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()  # .../mlpolar/libmlpolar_ops.<abi>.so
+        out = target.parent
         out.mkdir(parents=True, exist_ok=True)
         build = Path(self.build_temp).resolve() / "cmake"
         build.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,7 @@ class CMakeBuild(build_ext):
 
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out}",
+            f"-DMLPOLAR_OUTPUT_NAME={target.name[:-len('.so')] if target.name.endswith('.so') else target.stem}",
             f"-DTORCH_INCLUDE_DIRS={';'.join(cpp.include_paths())}",
             f"-DTORCH_LIBRARY_DIR={Path(torch.__file__).parent / 'lib'}",
             f"-DTORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",

@@ -8,10 +8,9 @@ _HERE = Path(__file__).parent
 
 def library_path() -> Path:
     """Path of the compiled operator library (also loadable from C++ for TorchForce)."""
-    for name in ("libmlpolar_ops.so", "libmlpolar_ops.dylib"):
-        p = _HERE / name
-        if p.exists():
-            return p
+    found = sorted(_HERE.glob("libmlpolar_ops*.so"), key=lambda p: p.stat().st_mtime)
+    if found:
+        return found[-1]  # the most recent build
     raise ImportError(
         f"mlpolar's operator library is not built (no libmlpolar_ops.so in {_HERE}); "
         "install the package with `pip install --no-build-isolation -e .` from the source tree")
