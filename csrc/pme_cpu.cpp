@@ -1,6 +1,10 @@
-// CPU smooth-PME spreading (atomic adds into the shared grid) and gathering.
+// CPU smooth-PME spreading (per-thread grids, summed) and gathering.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+
+#include <omp.h>
+
+#include <vector>
 
 #include "ops.h"
 #include "pme_impl.h"
@@ -8,15 +12,25 @@
 namespace mlpolar {
 namespace {
 
+// Each thread spreads into its own copy of the grid (atomics on doubles are compare-and-swap
+// loops); the copies are summed at the end in a fixed order.
 template <typename T>
 void spread_loop(const PmeGrid& G, int64_t n, const T* u, const T* e, int deg, T* grid) {
   const int64_t nc = ncart(deg);
-  auto add = [grid](int64_t index, T v) {
-#pragma omp atomic
-    grid[index] += v;
-  };
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) spread_site(G, u + 3 * i, e + nc * i, deg, add);
+  const int64_t size = (int64_t)G.K[0] * G.K[1] * G.K[2];
+  const int nthreads = omp_get_max_threads();
+  std::vector<T> copies(nthreads > 1 ? (size_t)(nthreads - 1) * size : 0, T(0));
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num();
+    T* mine = t == 0 ? grid : copies.data() + (int64_t)(t - 1) * size;
+    auto add = [mine](int64_t index, T v) { mine[index] += v; };
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) spread_site(G, u + 3 * i, e + nc * i, deg, add);
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < size; ++k)
+      for (int c = 0; c < nthreads - 1; ++c) grid[k] += copies[(size_t)c * size + k];
+  }
 }
 
 template <typename T>
