@@ -481,6 +481,10 @@ def run_worker(spec, timeout):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", str(spec["threads"]))
     env.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    if spec.get("wait_idle", 0) > 0:
+        wait_until_idle(spec["wait_idle"])
+    busy0 = _cpu_busy_seconds()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
@@ -488,13 +492,45 @@ def run_worker(spec, timeout):
     except subprocess.TimeoutExpired:
         return dict(error=f"timeout after {timeout:.0f} s")
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    others = _cpu_busy_seconds() - busy0 - ours
+    other_frac = max(0.0, others / (wall * (os.cpu_count() or 1)))
     if proc.returncode != 0 or not result_path.exists():
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
         why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"rc={proc.returncode}"
         return dict(error=f"{why}: {' | '.join(tail)[-300:]}")
     res = json.loads(result_path.read_text())
     res["worker_wall_s"] = wall
+    res["other_cpu"] = other_frac
     return res
+
+
+def _cpu_busy_seconds():
+    """Busy CPU seconds of the whole machine so far (all CPUs, from /proc/stat)."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    user, nice, system, idle, iowait, irq, softirq, steal = (f + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu_fraction(seconds=1.0):
+    """Fraction of the machine's CPUs busy over `seconds` while this process sleeps."""
+    b0 = _cpu_busy_seconds()
+    time.sleep(seconds)
+    return (_cpu_busy_seconds() - b0) / (seconds * (os.cpu_count() or 1))
+
+
+def wait_until_idle(max_wait, threshold=0.15):
+    """Waits (up to max_wait s) until other processes use < threshold of the machine."""
+    t_end = time.perf_counter() + max_wait
+    frac = other_cpu_fraction(0.5)
+    while frac > threshold and time.perf_counter() < t_end:
+        frac = other_cpu_fraction(2.0)
+    return frac
 
 
 def loadavg():
@@ -566,6 +602,9 @@ def main(argv=None):
     p.add_argument("--csv", default=str(HERE / "results" / "electrostatics_cpu.csv"))
     p.add_argument("--png", default=str(HERE / "results" / "electrostatics_cpu.png"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-idle", type=float, default=0.0,
+                   help="before each timed case wait up to this many seconds for other processes "
+                        "to leave the CPUs idle (< 15%% busy); 0 = don't wait")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -602,10 +641,10 @@ def main(argv=None):
     tuned = None
     cmdline = "PYTHONPATH=python python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
     print(f"# {cmdline}", flush=True)
-    load0 = loadavg()
-    if load0 > 0.5:
-        print(f"# WARNING: 1-min load average is {load0:.2f} before starting: other processes are "
-              f"running and the timings will be noisy", flush=True)
+    busy0 = other_cpu_fraction(1.0)
+    if busy0 > 0.1:
+        print(f"# WARNING: other processes keep {100 * busy0:.0f}% of the CPUs busy before starting; "
+              f"timings will be noisy (column 'other' gives the share during each case)", flush=True)
     print(f"# device={args.device} threads={args.threads} repeats={args.repeats} "
           f"cutoff={CUTOFF} nm tolerance={TOLERANCE} sigma(dipoles)={args.sigma} nm", flush=True)
     try:
@@ -652,7 +691,8 @@ def main(argv=None):
                         rows.append(row)
                         continue
                     spec = dict(case=case, method=method, device=args.device, threads=args.threads,
-                                repeats=args.repeats, min_time=args.min_time, config=str(cfg_path),
+                                repeats=args.repeats, min_time=args.min_time, wait_idle=args.wait_idle,
+                                config=str(cfg_path),
                                 workdir=str(workdir), tag=f"{case}_{n}_{method}",
                                 forces_out=str(workdir / f"F_{case}_{n}_{method}.npy"))
                     if family == "torchpme":
@@ -683,7 +723,8 @@ def main(argv=None):
                                setup_s=res["setup_s"], peak_rss_mb=res["peak_rss_mb"],
                                peak_delta_mb=res["peak_delta_mb"], cuda_peak_mb=res.get("cuda_peak_mb"),
                                energy=res["energy"], params=json.dumps(res["info"], sort_keys=True),
-                               n_calls=len(res["times"]), load_before=res.get("load_before"),
+                               n_calls=len(res["times"]), other_cpu=res.get("other_cpu"),
+                               load_before=res.get("load_before"),
                                load_after=res.get("load_after"))
                     if ref is not None:
                         de, df = accuracy(res["energy"], forces, ref["energy"], ref["forces"])
@@ -702,7 +743,7 @@ def main(argv=None):
 def report(rows, args, cmdline):
     mem_col = "cuda_peak_mb" if args.device == "cuda" else "peak_delta_mb"
     header = (f"{'case':8s} {'method':20s} {'N':>7s} {'median s':>10s} {'min s':>10s} "
-              f"{'peak MB':>9s} {'RSS MB':>8s} {'rel dE':>9s} {'rel dF':>9s} {'calls':>5s} {'load':>5s}  "
+              f"{'peak MB':>9s} {'RSS MB':>8s} {'rel dE':>9s} {'rel dF':>9s} {'calls':>5s} {'other':>5s}  "
               f"reference / status")
     print()
     print(f"# {cmdline}")
@@ -715,7 +756,7 @@ def report(rows, args, cmdline):
         print(f"{r['case']:8s} {r['method']:20s} {r['n']:7d} {r['median_s']:10.4f} {r['min_s']:10.4f} "
               f"{fmt(r.get(mem_col), '9.1f')} {r['peak_rss_mb']:8.0f} "
               f"{fmt(r.get('rel_energy_err'), '9.1e')} {fmt(r.get('rel_rms_force_err'), '9.1e')} "
-              f"{r['n_calls']:5d} {fmt(r.get('load_before'), '5.1f')}  {r['reference']}")
+              f"{r['n_calls']:5d} {fmt(r.get('other_cpu'), '5.2f')}  {r['reference']}")
     # scaling exponents
     print()
     for case in sorted({r["case"] for r in rows}):
@@ -732,7 +773,7 @@ def report(rows, args, cmdline):
         fields = ["case", "method", "n", "device", "threads", "status", "median_s", "min_s", "n_calls",
                   "first_call_s", "setup_s", "peak_delta_mb", "peak_rss_mb", "cuda_peak_mb",
                   "energy", "ref_energy", "rel_energy_err", "rel_rms_force_err", "reference", "params",
-                  "load_before", "load_after"]
+                  "other_cpu", "load_before", "load_after"]
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
