@@ -97,6 +97,13 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["deg"] = deg;
     ctx->saved_data["self"] = self;
+    if (pos.requires_grad() || (box.numel() > 0 && box.requires_grad())) {
+      // Forces will be asked for: one degree more costs little in the same pass and spares
+      // the first-order backward a pass over the pairs (F1 below).
+      at::Tensor F1 = call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, deg + 1, self);
+      ctx->saved_data["F1"] = F1;
+      return F1.slice(1, 0, ncart((int)deg)).contiguous();
+    }
     return call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, deg, self);
   }
 
@@ -119,10 +126,31 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
     at::Tensor grad_pos;
     if (need_pos || need_c || need_box) {
       at::Tensor F1, F2;
+      const bool saved = ctx->saved_data.count("F1") > 0;
       if ((need_pos || need_box) && !at::GradMode::is_enabled()) {
-        // no graph to build: both fields in one pass over the pairs
+        // No graph to build. F1 = field(c, dout + 1) was kept by the forward. If G is a multiple
+        // of the sources, G = lambda (-1)^|t| c (the sites' energy with themselves, 1/2 sum d.V),
+        // then F2 = field(G', din + 1) = lambda F1 exactly; otherwise one pass gives what is missing.
         at::AutoDispatchBelowADInplaceOrView below;
-        std::tie(F1, F2) = call_field2(pos, c, Gp, opt(w), opt(box), ep, ei, cutoff, beta, dout + 1, din + 1, self);
+        if (saved) F1 = ctx->saved_data["F1"].toTensor();
+        double lambda = 0.0;
+        bool proportional = false;
+        if (saved && din == dout) {
+          const at::Tensor ref = pc * c;
+          const double norm2 = (ref * ref).sum().item<double>();
+          if (norm2 > 0) {
+            lambda = (G * ref).sum().item<double>() / norm2;
+            const double tol = c.scalar_type() == at::kDouble ? 1e-12 : 1e-6;
+            proportional = (G - lambda * ref).abs().max().item<double>() <= tol * G.abs().max().item<double>();
+          }
+        }
+        if (proportional) {
+          F2 = lambda * F1;
+        } else if (saved) {
+          F2 = call_field(pos, Gp, opt(w), opt(box), ep, ei, cutoff, beta, din + 1, self);
+        } else {
+          std::tie(F1, F2) = call_field2(pos, c, Gp, opt(w), opt(box), ep, ei, cutoff, beta, dout + 1, din + 1, self);
+        }
       } else {
         F2 = call_field(pos, Gp, opt(w), opt(box), ep, ei, cutoff, beta, din + 1, self);
         if (need_pos || need_box) F1 = call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, dout + 1, self);
