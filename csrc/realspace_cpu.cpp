@@ -12,6 +12,17 @@
 namespace mlpolar {
 namespace {
 
+// Sums the per-thread copies (inside a parallel region): out[k] = sum_t buffers[t][k].
+template <typename T>
+void reduce_thread_copies(const std::vector<T>& buffers, int nthreads, int64_t size, T* out) {
+#pragma omp for schedule(static)
+  for (int64_t k = 0; k < size; ++k) {
+    T acc = 0;
+    for (int t = 0; t < nthreads; ++t) acc += buffers[(size_t)t * size + k];
+    out[k] = acc;
+  }
+}
+
 // Each pair once (half pairs), accumulated into per-thread copies of the output that are
 // summed at the end: no atomics, and the sum order is fixed for a given thread count.
 template <int L>
@@ -29,12 +40,7 @@ struct FieldLoop {
         field_half_pairs<L>(a, i, mine);
         field_corrections_at_site<L>(a, i, mine + (int64_t)i * ncart(a.dout));
       }
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < size; ++k) {
-        T acc = 0;
-        for (int t = 0; t < nthreads; ++t) acc += buffers[(size_t)t * size + k];
-        out[k] = acc;
-      }
+      reduce_thread_copies(buffers, nthreads, size, out);
     }
   }
 };
@@ -54,12 +60,7 @@ void field_loop_fixed(const RealSpaceArgs<T>& a, T* out) {
       const int i = a.periodic ? a.cell_atoms[k] : k;
       field_corrections_at_site<DIN + DOUT>(a, i, mine + (int64_t)i * ncart(DOUT));
     }
-#pragma omp for schedule(static)
-    for (int64_t k = 0; k < size; ++k) {
-      T acc = 0;
-      for (int t = 0; t < nthreads; ++t) acc += buffers[(size_t)t * size + k];
-      out[k] = acc;
-    }
+    reduce_thread_copies(buffers, nthreads, size, out);
   }
 }
 

@@ -148,8 +148,9 @@ MLP_UNROLL
   }
 }
 
-// out[t] += sum_s c[s] R[t+s] for |t| <= dout, |s| <= din (din + dout <= L).
-template <typename T>
+// out[t] += sum_s c[s] R[t+s] for |t| <= dout, |s| <= din (din + dout <= L). MIRROR: the same
+// pair seen from the other site, R(-x)[t+s] = (-1)^{|t|+|s|} R(x)[t+s].
+template <bool MIRROR = false, typename T>
 MLP_HD void contract_field(const T* R, const T* c, int din, int dout, T* out) {
   int it = 0;
   for (int dt = 0; dt <= dout; ++dt)
@@ -158,14 +159,17 @@ MLP_HD void contract_field(const T* R, const T* c, int din, int dout, T* out) {
         const int t3 = dt - t1 - t2;
         T acc = 0;
         int is = 0;
-        for (int ds = 0; ds <= din; ++ds)
+        for (int ds = 0; ds <= din; ++ds) {
+          T part = 0;
           for (int s1 = ds; s1 >= 0; --s1)
-            for (int s2 = ds - s1; s2 >= 0; --s2) acc += c[is++] * R[cidx(t1 + s1, t2 + s2, ds - s1 - s2 + t3)];
+            for (int s2 = ds - s1; s2 >= 0; --s2) part += c[is++] * R[cidx(t1 + s1, t2 + s2, ds - s1 - s2 + t3)];
+          acc += (MIRROR && (ds + dt) % 2) ? -part : part;
+        }
         out[it++] += acc;
       }
 }
 
-// contract_field and contract_field_mirror with compile-time degrees: fully unrolled, with
+// contract_field with compile-time degrees: fully unrolled, with
 // every packed index a constant (the hot paths: charges, dipoles, quadrupoles; fields to degree 3).
 template <int DIN, int DOUT, bool MIRROR, typename T>
 MLP_HD void contract_fixed(const T* R, const T* c, T* out) {
@@ -189,27 +193,6 @@ MLP_HD void contract_fixed(const T* R, const T* c, T* out) {
               acc += (MIRROR && ((ds + dt) % 2)) ? -term : term;
             }
         out[it++] += acc;
-      }
-}
-
-// out[t] += sum_s c[s] R(-x)[t+s] = sum_s (-1)^{|t|+|s|} c[s] R(x)[t+s]: the same pair seen
-// from the other site.
-template <typename T>
-MLP_HD void contract_field_mirror(const T* R, const T* c, int din, int dout, T* out) {
-  int it = 0;
-  for (int dt = 0; dt <= dout; ++dt)
-    for (int t1 = dt; t1 >= 0; --t1)
-      for (int t2 = dt - t1; t2 >= 0; --t2) {
-        const int t3 = dt - t1 - t2;
-        T acc = 0;
-        int is = 0;
-        for (int ds = 0; ds <= din; ++ds) {
-          T part = 0;
-          for (int s1 = ds; s1 >= 0; --s1)
-            for (int s2 = ds - s1; s2 >= 0; --s2) part += c[is++] * R[cidx(t1 + s1, t2 + s2, ds - s1 - s2 + t3)];
-          acc += (ds % 2) ? -part : part;
-        }
-        out[it++] += (dt % 2) ? -acc : acc;
       }
 }
 

@@ -277,7 +277,7 @@ MLP_HD void field_half_pairs(const RealSpaceArgs<T>& a, int i, T* out_all) {
     pair_radial(a, i, j, r2, L, B);
     hermite_tensor<L>(x, y, z, B, R);
     contract_field(R, a.coeffs + (int64_t)j * nin, a.din, a.dout, out_i);
-    contract_field_mirror(R, a.coeffs + (int64_t)i * nin, a.din, a.dout, out_all + (int64_t)j * nout);
+    contract_field<true>(R, a.coeffs + (int64_t)i * nin, a.din, a.dout, out_all + (int64_t)j * nout);
   };
   for_each_partner<true>(a, i, pair);
 }
