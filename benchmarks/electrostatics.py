@@ -31,10 +31,20 @@ against a common high-accuracy reference per (case, N):
            truncated where exp(-k^2 sigma^2) < 2e-9), written in this file
   above --ref-max-n: mlpolar-f64 at tolerance 1e-7 (a self-consistency check only, marked so)
 
+Timing: one warm-up call (its result is the one checked for accuracy), then at least --repeats
+calls, more for cheap cases until --min-time seconds; the median is reported.  The column 'other'
+is the share of the machine's CPUs that *other* processes used while the case ran: on a shared
+machine, treat rows with other > ~0.1 as contaminated (--wait-idle S waits for a quiet machine
+before each case).  The parameters each method used (alpha, grid, k-vectors, ...) are in the
+CSV's params column.
+
 Usage (from the repository root):
 
-  PYTHONPATH=python python benchmarks/electrostatics.py            # default, ~10 min on 2 cores
+  PYTHONPATH=python python benchmarks/electrostatics.py            # default, ~7-10 min on 2 cores
   PYTHONPATH=python python benchmarks/electrostatics.py --sizes 1000,3000,10000,30000,100000
+  PYTHONPATH=python python benchmarks/electrostatics.py --cases dipoles --sizes 10000 \
+      --methods graph_longrange-f32 --max-peer-n graph_longrange=10000 --repeats 1   # ~14 GB
+  PYTHONPATH=python python benchmarks/electrostatics.py --replot benchmarks/results/electrostatics_cpu.csv
 """
 from __future__ import annotations
 
@@ -133,7 +143,11 @@ def build_mlpolar(cfg, case, dtype_name, device, threads, tolerance=TOLERANCE):
     dipoles = t(cfg["dipoles"]) if case == "dipoles" else None
     widths = t(cfg["widths"]) if case == "dipoles" else None
     elec = GaussianMultipoles(cutoff=CUTOFF, tolerance=tolerance)
-    alpha, grid, order = elec.parameters(box, widths)
+    degree = 1 if dipoles is not None else 0
+    try:                                      # the PME order can depend on the multipole degree
+        alpha, grid, order = elec.parameters(box, widths, degree=degree)
+    except TypeError:
+        alpha, grid, order = elec.parameters(box, widths)
     info = dict(alpha=float(alpha), grid="x".join(str(int(g)) for g in grid), order=int(order))
 
     def compute():
@@ -142,7 +156,7 @@ def build_mlpolar(cfg, case, dtype_name, device, threads, tolerance=TOLERANCE):
         energy.backward()
         forces = -pos.grad
         _sync(torch, device)
-        return float(energy), forces.detach().double().cpu().numpy()
+        return float(energy.detach()), forces.detach().double().cpu().numpy()
     return compute, info
 
 
@@ -179,6 +193,9 @@ def build_openmm(cfg, device, threads, platform_name=None, tolerance=TOLERANCE, 
     integrator = openmm.VerletIntegrator(0.001)
     context = openmm.Context(system, integrator, platform, properties)
     context.setPositions(cfg["positions"] * unit.nanometer)
+    # one evaluation first: on the CPU platform getPMEParametersInContext can throw
+    # std::bad_cast before the PME kernel has run (seen with OpenMM 8.6.1)
+    context.getState(getEnergy=True)
     alpha, nx, ny, nz = nb.getPMEParametersInContext(context)
     info = dict(alpha=float(alpha.value_in_unit(unit.nanometer ** -1)) if hasattr(alpha, "value_in_unit")
                 else float(alpha), grid=f"{nx}x{ny}x{nz}", order=5, platform=platform_name,
@@ -269,7 +286,7 @@ def build_torchpme(cfg, dtype_name, device, threads, tuned):
         energy.backward()
         forces = -pos.grad
         _sync(torch, device)
-        return float(energy), forces.detach().double().cpu().numpy()
+        return float(energy.detach()), forces.detach().double().cpu().numpy()
     return compute, info
 
 
@@ -317,7 +334,7 @@ def build_graph_longrange(cfg, case, dtype_name, device, threads):
         energy.backward()
         forces = -pos.grad * (EV_TO_KJMOL * 10.0)
         _sync(torch, device)
-        return float(energy) * EV_TO_KJMOL, forces.detach().double().cpu().numpy()
+        return float(energy.detach()) * EV_TO_KJMOL, forces.detach().double().cpu().numpy()
     return compute, info
 
 
@@ -533,6 +550,25 @@ def wait_until_idle(max_wait, threshold=0.15):
     return frac
 
 
+def provenance():
+    """git HEAD (+ '-dirty') of the source tree and a hash of the operator library in use."""
+    import hashlib
+    out = []
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "python", "csrc", "cuda"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        out.append(f"git {head}{'-dirty' if dirty else ''}")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    lib = REPO / "python" / "mlpolar" / "libmlpolar_ops.so"
+    if lib.exists():
+        digest = hashlib.sha256(lib.read_bytes()).hexdigest()[:12]
+        out.append(f"libmlpolar_ops.so sha256 {digest} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime(lib.stat().st_mtime))} UTC)")
+    return ", ".join(out) or "unknown"
+
+
 def loadavg():
     try:
         with open("/proc/loadavg") as fh:
@@ -605,8 +641,19 @@ def main(argv=None):
     p.add_argument("--wait-idle", type=float, default=0.0,
                    help="before each timed case wait up to this many seconds for other processes "
                         "to leave the CPUs idle (< 15%% busy); 0 = don't wait")
+    p.add_argument("--replot", metavar="CSV",
+                   help="print the table and exponents and draw --png from an existing CSV; runs nothing")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.replot:
+        rows = read_csv(args.replot)
+        args.csv = ""
+        if rows:
+            args.device = rows[0]["device"]
+            args.threads = rows[0]["threads"]
+        report(rows, args, f"(from {args.replot})")
+        return 0
 
     if args.worker:
         spec = json.loads(Path(args.worker).read_text())
@@ -641,6 +688,7 @@ def main(argv=None):
     tuned = None
     cmdline = "PYTHONPATH=python python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
     print(f"# {cmdline}", flush=True)
+    print(f"# mlpolar: {provenance()}", flush=True)
     busy0 = other_cpu_fraction(1.0)
     if busy0 > 0.1:
         print(f"# WARNING: other processes keep {100 * busy0:.0f}% of the CPUs busy before starting; "
@@ -784,6 +832,30 @@ def report(rows, args, cmdline):
         plot(rows, args)
 
 
+COLOURS = {"mlpolar-f32": "tab:blue", "mlpolar-f64": "tab:cyan", "openmm": "tab:green",
+           "torchpme-f32": "tab:red", "torchpme-f64": "tab:pink",
+           "graph_longrange-f32": "tab:orange", "graph_longrange-f64": "tab:brown"}
+
+
+def read_csv(path):
+    """Rows of a CSV written by this script, numbers converted (for --replot)."""
+    rows = []
+    with open(path) as fh:
+        for r in csv.DictReader(fh):
+            for k, v in list(r.items()):
+                if v == "":
+                    r[k] = None
+                elif k in ("n", "threads", "n_calls"):
+                    r[k] = int(v)
+                elif k not in ("case", "method", "device", "status", "reference", "params"):
+                    try:
+                        r[k] = float(v)
+                    except ValueError:
+                        pass
+            rows.append(r)
+    return rows
+
+
 def plot(rows, args):
     import matplotlib
     matplotlib.use("Agg")
@@ -798,7 +870,7 @@ def plot(rows, args):
                 continue
             ns, ts = zip(*pts)
             style = "-" if method.startswith("mlpolar") else "--"
-            ax.loglog(ns, ts, style, marker="o", label=method)
+            ax.loglog(ns, ts, style, marker="o", label=method, color=COLOURS.get(method))
         ax.set_xlabel("atoms N")
         ax.set_ylabel("median wall time, energy + forces (s)")
         title = "point charges" if case == "charges" else f"Gaussian charges + dipoles (sigma={args.sigma} nm)"

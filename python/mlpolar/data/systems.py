@@ -20,8 +20,9 @@ exceptions (1-2, 1-3 exclusions and scaled 1-4 pairs) are overwritten with the p
 the prmtop System's energy.
 
 Units: OpenMM's (nm, kJ/mol, e, ps, K). Prepared systems are cached as
-``<cache_dir>/<name>.system.xml`` + ``<name>.pdb`` (+ ``<name>.json`` metadata);
-preparation runs once per cache directory.
+``<cache_dir>/<key>.system.xml`` + ``<key>.pdb`` + ``<key>.json`` (metadata, written last),
+key = name + box size/padding + ionic strength (e.g. ``pxylene_water_box3.6_ion0``);
+preparation runs once per cache directory (default ``data/systems``).
 """
 from __future__ import annotations
 
@@ -123,7 +124,6 @@ def ligand_template_xml(prmtop: app.AmberPrmtopFile | None = None) -> str:
          f'  <Residue name="{rname}">', *ratoms, *bonds, "  </Residue>", " </Residues>",
          # same 1-4 scales as amber14 (GAFF uses the same); the exceptions are overwritten anyway
          ' <NonbondedForce coulomb14scale="0.8333333333333334" lj14scale="0.5">',
-         '  <UseAttributeFromResidue name="charge"/>' if False else "",
          *nbl, " </NonbondedForce>", "</ForceField>"])
 
 
@@ -229,20 +229,22 @@ def _complex_modeller() -> app.Modeller:
 
 
 def _prepare(name: str, padding_nm: float, ionic_strength_molar: float,
-             seed: int) -> tuple[app.Topology, openmm.System, np.ndarray, np.ndarray, dict]:
+             box_edge_nm: float) -> tuple:
     ff, prmtop = make_forcefield()
     if name == "pxylene_water":
         mod = _ligand_modeller()
     else:
         mod = _complex_modeller()
-    mod.addSolvent(ff, model="tip3p", padding=padding_nm * u.nanometer, boxShape="cube",
-                   ionicStrength=ionic_strength_molar * u.molar, neutralize=True)
+    size = (dict(boxSize=openmm.Vec3(box_edge_nm, box_edge_nm, box_edge_nm) * u.nanometer)
+            if name == "pxylene_water" else dict(padding=padding_nm * u.nanometer, boxShape="cube"))
+    mod.addSolvent(ff, model="tip3p", ionicStrength=ionic_strength_molar * u.molar,
+                   neutralize=True, **size)
     system, lig_idx = build_system(mod.topology, ff, prmtop)
     pos = np.asarray(mod.positions.value_in_unit(u.nanometer))
     box = np.asarray([v.value_in_unit(u.nanometer)
                       for v in mod.topology.getPeriodicBoxVectors()])
     system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*v) for v in box])
-    meta = dict(name=name, padding_nm=padding_nm, ionic_strength_molar=ionic_strength_molar,
+    meta = dict(name=name, padding_nm=padding_nm, box_edge_nm=box_edge_nm, ionic_strength_molar=ionic_strength_molar,
                 water="tip3p", protein_ff="amber14-all.xml" if name != "pxylene_water" else None,
                 ligand_params="openmmtools T4-lysozyme-L99A-implicit/ligand.prmtop (GAFF, AM1-BCC)",
                 nonbonded="PME, cutoff 1.0 nm, ewaldErrorTolerance 5e-4", constraints="HBonds",
@@ -251,25 +253,30 @@ def _prepare(name: str, padding_nm: float, ionic_strength_molar: float,
 
 
 def prepare_system(name: str, cache_dir: str | os.PathLike | None = None, *,
-                   padding_nm: float | None = None, ionic_strength_molar: float = 0.0,
-                   seed: int = 0, rebuild: bool = False) -> PreparedSystem:
+                   padding_nm: float = 1.0, box_edge_nm: float = 3.6,
+                   ionic_strength_molar: float = 0.0,
+                   rebuild: bool = False) -> PreparedSystem:
     """Prepare (or load from the cache) one of :data:`SYSTEM_NAMES`.
 
-    padding_nm: water padding around the solute (default 1.4 nm for p-xylene in water, so the
-    box is large enough for a 1.2 nm MM-charge radius; 1.0 nm for the protein).
-    The cache key contains the name, padding and ionic strength.
+    box_edge_nm: cube edge of the p-xylene water box (default 3.6 nm: half the edge exceeds the
+    ligand's extent plus a 1.2 nm MM-charge radius, so every selected charge is one image).
+    padding_nm: water padding around the protein complex (default 1.0 nm).
+    Both systems are neutralised with Na+/Cl-; ionic_strength_molar adds salt.
+    The cache key contains the name and these sizes.
     """
     if name not in SYSTEM_NAMES:
         raise ValueError(f"name={name!r} is not a known system; use one of {SYSTEM_NAMES}")
-    if padding_nm is None:
-        padding_nm = 1.4 if name == "pxylene_water" else 1.0
     if not padding_nm > 0:
         raise ValueError(f"padding_nm={padding_nm} must be positive (nm)")
+    if not box_edge_nm > 1.5:
+        raise ValueError(f"box_edge_nm={box_edge_nm} must exceed 1.5 nm (twice the 0.6 nm "
+                         "minimum PME cutoff plus the solute); use e.g. 3.6")
     if ionic_strength_molar < 0:
         raise ValueError("ionic_strength_molar must be >= 0 (mol/L)")
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     cache.mkdir(parents=True, exist_ok=True)
-    key = f"{name}_pad{padding_nm:g}_ion{ionic_strength_molar:g}"
+    size = f"box{box_edge_nm:g}" if name == "pxylene_water" else f"pad{padding_nm:g}"
+    key = f"{name}_{size}_ion{ionic_strength_molar:g}"
     fx, fp, fj = (cache / f"{key}.system.xml", cache / f"{key}.pdb", cache / f"{key}.json")
     if not rebuild and fx.exists() and fp.exists() and fj.exists():
         meta = json.loads(fj.read_text())
@@ -282,14 +289,14 @@ def prepare_system(name: str, cache_dir: str | os.PathLike | None = None, *,
             pdb.topology.setPeriodicBoxVectors(box * u.nanometer)
             return PreparedSystem(name, pdb.topology, system, pos, box,
                                   np.asarray(meta["ligand_indices"], dtype=np.int64), meta)
-    top, system, pos, box, meta = _prepare(name, padding_nm, ionic_strength_molar, seed)
+    top, system, pos, box, meta = _prepare(name, padding_nm, ionic_strength_molar, box_edge_nm)
     lig = _ligand_indices_from_topology(top)
     meta["ligand_indices"] = lig.tolist()
     meta["n_atoms"] = system.getNumParticles()
     _atomic_write(fx, openmm.XmlSerializer.serialize(system))
     tmp = fp.with_suffix(".pdb.tmp")
     with open(tmp, "w") as fh:
-        app.PDBFile.writeFile(top, pos * u.nanometer, fh, keepIds=True)
+        app.PDBFile.writeFile(top, pos * u.nanometer, fh)
     os.replace(tmp, fp)
     _atomic_write(fj, json.dumps(meta, indent=1))  # written last: marks the cache complete
     return PreparedSystem(name, top, system, pos, box, lig, meta)

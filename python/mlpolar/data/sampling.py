@@ -1,0 +1,148 @@
+"""MD sampling of configurations with OpenMM (Langevin, 300 K, PME, HBond constraints).
+
+:func:`sample` writes one configuration every ``stride`` steps into an HDF5 trajectory file
+(``positions`` (n, N, 3) float32 nm, molecules whole -- not wrapped into the box; ``box``
+(n, 3, 3) nm; ``step`` (n,)), and after every frame an OpenMM checkpoint, atomically, with
+the number of frames it belongs to. A killed run restarts from the checkpoint; frames written
+after the last checkpoint are dropped and recomputed. The pocket training and test sets come from
+separate trajectories (separate files, different seeds and equilibration), e.g.::
+
+    sample(prep, "data/traj/t4_train.h5", n_frames=300, stride=2500, seed=1)
+    sample(prep, "data/traj/t4_test.h5",  n_frames=100, stride=2500, seed=2)
+
+Units: nm, ps, K (OpenMM's).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import openmm
+import openmm.unit as u
+
+from .systems import PreparedSystem
+
+
+def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.0,
+                            friction_per_ps: float = 1.0, timestep_ps: float = 0.002,
+                            seed: int = 0, platform: str | None = None,
+                            threads: int | None = None) -> openmm.Context:
+    integ = openmm.LangevinMiddleIntegrator(temperature_K * u.kelvin,
+                                            friction_per_ps / u.picosecond,
+                                            timestep_ps * u.picosecond)
+    integ.setRandomNumberSeed(int(seed))
+    system = openmm.XmlSerializer.clone(prep.system)
+    if platform is None:
+        names = [openmm.Platform.getPlatform(i).getName()
+                 for i in range(openmm.Platform.getNumPlatforms())]
+        platform = next(p for p in ("CUDA", "OpenCL", "CPU", "Reference") if p in names)
+    plat = openmm.Platform.getPlatformByName(platform)
+    props = {}
+    if platform == "CPU" and threads:
+        props["Threads"] = str(int(threads))
+    ctx = openmm.Context(system, integ, plat, props)
+    ctx.setPeriodicBoxVectors(*[openmm.Vec3(*v) for v in prep.box_vectors])
+    ctx.setPositions(prep.positions)
+    return ctx
+
+
+def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, stride: int,
+           equilibration_steps: int = 5000, seed: int = 0, temperature_K: float = 300.0,
+           timestep_ps: float = 0.002, minimize_max_iterations: int = 2000, platform: str | None = None,
+           threads: int | None = None, progress: bool = False) -> Path:
+    """Run (or resume) MD and write ``n_frames`` configurations, one every ``stride`` steps,
+    after energy minimisation (``minimize_max_iterations``, 0 = none) and
+    ``equilibration_steps`` steps. Returns the trajectory path. Calling it again with the
+    same file continues; calling it with a larger ``n_frames`` extends the trajectory."""
+    if int(n_frames) < 1:
+        raise ValueError(f"n_frames={n_frames} must be >= 1")
+    if int(stride) < 1:
+        raise ValueError(f"stride={stride} must be >= 1 MD steps")
+    if equilibration_steps < 0:
+        raise ValueError("equilibration_steps must be >= 0")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chk = out.with_name(out.name + ".chk")
+    n_atoms = prep.n_atoms
+    ctx = make_simulation_context(prep, temperature_K=temperature_K, timestep_ps=timestep_ps,
+                                  seed=seed, platform=platform, threads=threads)
+    integ = ctx.getIntegrator()
+    with h5py.File(out, "a") as f:
+        if "positions" not in f:
+            f.create_dataset("positions", (0, n_atoms, 3), maxshape=(None, n_atoms, 3),
+                             dtype="f4", chunks=(1, n_atoms, 3))
+            f.create_dataset("box", (0, 3, 3), maxshape=(None, 3, 3), dtype="f8")
+            f.create_dataset("step", (0,), maxshape=(None,), dtype="i8")
+            f.create_dataset("ligand_indices", data=prep.ligand_indices)
+            f.attrs.update(system=prep.name, units="positions nm, box nm", temperature_K=temperature_K,
+                           timestep_ps=timestep_ps, stride=int(stride), seed=int(seed),
+                           equilibration_steps=int(equilibration_steps),
+                           integrator="LangevinMiddleIntegrator, friction 1/ps",
+                           openmm_version=openmm.__version__, wrapped=False)
+        elif f["positions"].shape[1] != n_atoms:
+            raise ValueError(f"{out} holds a trajectory of {f['positions'].shape[1]} atoms, "
+                             f"but the system has {n_atoms}; use another out_path")
+        elif int(f.attrs["stride"]) != int(stride) or int(f.attrs["seed"]) != int(seed):
+            raise ValueError(f"{out} was started with stride={f.attrs['stride']}, "
+                             f"seed={f.attrs['seed']}; resume with the same values or use "
+                             "another out_path")
+        done = 0
+        if chk.exists():
+            blob = chk.read_bytes()
+            nb = int.from_bytes(blob[:8], "little")
+            ctx.loadCheckpoint(blob[8:])
+            done = nb
+        if f["positions"].shape[0] > done:  # frames written after the last checkpoint
+            for k in ("positions", "box", "step"):
+                f[k].resize(done, axis=0)
+        if done == 0 and not chk.exists():
+            if minimize_max_iterations:
+                openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, int(minimize_max_iterations))
+            ctx.setVelocitiesToTemperature(temperature_K * u.kelvin, int(seed))
+            if equilibration_steps:
+                integ.step(int(equilibration_steps))
+            _write_checkpoint(ctx, chk, 0)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=int(n_frames), initial=done, desc=f"MD {out.name}")
+        while done < n_frames:
+            integ.step(int(stride))
+            st = ctx.getState(getPositions=True, enforcePeriodicBox=False)
+            pos = st.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+            box = st.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+            for k in ("positions", "box", "step"):
+                f[k].resize(done + 1, axis=0)
+            f["positions"][done] = pos
+            f["box"][done] = box
+            f["step"][done] = ctx.getStepCount()
+            f.flush()
+            done += 1
+            _write_checkpoint(ctx, chk, done)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _write_checkpoint(ctx: openmm.Context, chk: Path, n_frames: int) -> None:
+    tmp = chk.with_name(chk.name + ".tmp")
+    tmp.write_bytes(int(n_frames).to_bytes(8, "little") + ctx.createCheckpoint())
+    os.replace(tmp, chk)
+
+
+def read_frame(traj_path: str | os.PathLike, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (N, 3) float64 nm, box (3, 3) nm) of frame ``index``."""
+    with h5py.File(traj_path, "r") as f:
+        n = f["positions"].shape[0]
+        if not 0 <= index < n:
+            raise IndexError(f"index={index} out of range: {traj_path} has {n} frames")
+        return np.asarray(f["positions"][index], dtype=np.float64), np.asarray(f["box"][index])
+
+
+def n_frames(traj_path: str | os.PathLike) -> int:
+    with h5py.File(traj_path, "r") as f:
+        return int(f["positions"].shape[0])
