@@ -216,9 +216,8 @@ def _drive(client, cfg, store, todo, traj, prep, z, resid, charges, level, log) 
                 elapsed_s=elapsed)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mlpolar.data.generate",
-                                 description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of `mlpolar generate` (and `python -m mlpolar.data.generate`)."""
     ap.add_argument("--config", required=True, help="JSON or YAML config (see module doc)")
     ap.add_argument("--workers", type=int, help="LocalCluster workers (overrides config)")
     ap.add_argument("--threads-per-worker", type=int, help="PySCF threads per worker")
@@ -228,7 +227,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-frames", type=int,
                     help="override sample.n_frames (extends the MD, then labels the new frames)")
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+
+
+def command(a: argparse.Namespace) -> int:
     cfg = load_config(a.config)
     cfg["level"] = cfg["level"].to_dict()
     for k, v in (("workers", a.workers), ("threads_per_worker", a.threads_per_worker),
@@ -244,6 +245,13 @@ def main(argv=None) -> int:
     s = run(cfg)
     print(json.dumps({k: v for k, v in s.items()}, indent=1, default=str))
     return 1 if s["n_failed"] else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mlpolar.data.generate",
+                                 description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    return command(ap.parse_args(argv))
 
 
 if __name__ == "__main__":
