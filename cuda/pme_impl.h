@@ -48,22 +48,30 @@ struct PmeGrid {
   int order;
 };
 
+// B-spline weights (derivatives up to deg) and wrapped grid indices of one site along each axis.
+template <typename T>
+MLP_HD void site_splines(const PmeGrid& G, const T* u, int deg, T (*th)[(MAX_DEGREE + 1) * MAX_PME_ORDER],
+                         int (*gi)[MAX_PME_ORDER]) {
+  for (int a = 0; a < 3; ++a) {
+    const T fl = floor(u[a]);
+    const int base = (int)fl;
+    bspline_weights(u[a] - fl, G.order, deg, th[a]);
+    for (int k = 0; k < G.order; ++k) gi[a][k] = wrap_index(base - k, G.K[a]);
+  }
+}
+
 // Adds the grid density of site coefficients e (degree deg, grid frame) at u to grid
 // through atomic_add(index, value). Q(g) += sum_t e_t d^t W(u, g).
 template <typename T, typename Add>
 MLP_HD void spread_site(const PmeGrid& G, const T* u, const T* e, int deg, Add& atomic_add) {
   const int p = G.order;
   T th[3][(MAX_DEGREE + 1) * MAX_PME_ORDER];
-  int base[3];
-  for (int a = 0; a < 3; ++a) {
-    const T fl = floor(u[a]);
-    base[a] = (int)fl;
-    bspline_weights(u[a] - fl, p, deg, th[a]);
-  }
+  int gi[3][MAX_PME_ORDER];  // wrapped grid index of each spline node (no division in the loops)
+  site_splines(G, u, deg, th, gi);
   for (int k0 = 0; k0 < p; ++k0) {
-    const int g0 = wrap_index(base[0] - k0, G.K[0]);
+    const int g0 = gi[0][k0];
     for (int k1 = 0; k1 < p; ++k1) {
-      const int g1 = wrap_index(base[1] - k1, G.K[1]);
+      const int g1 = gi[1][k1];
       // fold the x and y factors into per-z-derivative-order weights
       T wz[MAX_DEGREE + 1];
       for (int d = 0; d <= deg; ++d) wz[d] = 0;
@@ -74,7 +82,7 @@ MLP_HD void spread_site(const PmeGrid& G, const T* u, const T* e, int deg, Add& 
             wz[d - t1 - t2] += e[it++] * th[0][t1 * p + k0] * th[1][t2 * p + k1];
           }
       for (int k2 = 0; k2 < p; ++k2) {
-        const int g2 = wrap_index(base[2] - k2, G.K[2]);
+        const int g2 = gi[2][k2];
         T v = 0;
         for (int d = 0; d <= deg; ++d) v += wz[d] * th[2][d * p + k2];
         atomic_add(((int64_t)g0 * G.K[1] + g1) * G.K[2] + g2, v);
@@ -88,24 +96,20 @@ template <typename T>
 MLP_HD void gather_site(const PmeGrid& G, const T* u, const T* grid, int deg, T* out) {
   const int p = G.order;
   T th[3][(MAX_DEGREE + 1) * MAX_PME_ORDER];
-  int base[3];
-  for (int a = 0; a < 3; ++a) {
-    const T fl = floor(u[a]);
-    base[a] = (int)fl;
-    bspline_weights(u[a] - fl, p, deg, th[a]);
-  }
+  int gi[3][MAX_PME_ORDER];  // wrapped grid index of each spline node (no division in the loops)
+  site_splines(G, u, deg, th, gi);
   const int nout = ncart(deg);
   for (int k = 0; k < nout; ++k) out[k] = 0;
   for (int k0 = 0; k0 < p; ++k0) {
-    const int g0 = wrap_index(base[0] - k0, G.K[0]);
+    const int g0 = gi[0][k0];
     for (int k1 = 0; k1 < p; ++k1) {
-      const int g1 = wrap_index(base[1] - k1, G.K[1]);
+      const int g1 = gi[1][k1];
       // z-line sums for each z-derivative order, then spread over (t1, t2)
       T sz[MAX_DEGREE + 1];
       for (int d = 0; d <= deg; ++d) sz[d] = 0;
       const T* line = grid + ((int64_t)g0 * G.K[1] + g1) * G.K[2];
       for (int k2 = 0; k2 < p; ++k2) {
-        const T gv = line[wrap_index(base[2] - k2, G.K[2])];
+        const T gv = line[gi[2][k2]];
         for (int d = 0; d <= deg; ++d) sz[d] += gv * th[2][d * p + k2];
       }
       int it = 0;

@@ -179,8 +179,10 @@ MLP_HD void field_at_site(const RealSpaceArgs<T>& a, int i, T* out) {
 // Half-shell stencil of the periodic CPU loop: site i (at position k_i in cell order) meets
 // the later sites of its own cell and all sites of the neighbour cells whose offset is
 // lexicographically positive. Every pair is met once: at most one image lies inside the cutoff.
-template <typename T, typename F>
-MLP_HD void for_each_half_shell_partner(const RealSpaceArgs<T>& a, int ki, F& f) {
+// g(kbeg, kend, hx, hy, hz) gets each neighbour cell's range in cell order and site i's position
+// shifted by that cell's image offset (partner k sits at hx - cell_pos[3k], ...).
+template <typename T, typename G>
+MLP_HD void for_each_half_shell_cell(const RealSpaceArgs<T>& a, int ki, G& g) {
   const int i = a.cell_atoms[ki];
   const T xi = a.cell_pos[3 * ki], yi = a.cell_pos[3 * ki + 1], zi = a.cell_pos[3 * ki + 2];
   const int c = a.cell_of[i];
@@ -196,17 +198,26 @@ MLP_HD void for_each_half_shell_partner(const RealSpaceArgs<T>& a, int ki, F& f)
         const T hz = zi - sz * a.box[8];
         const int nc = (nx * a.ncell[1] + ny) * a.ncell[2] + nz;
         const int kbeg = (ox || oy || oz) ? a.cell_start[nc] : ki + 1;
-        for (int k = kbeg; k < a.cell_start[nc + 1]; ++k) {
-          const T x = hx - a.cell_pos[3 * k], y = hy - a.cell_pos[3 * k + 1], z = hz - a.cell_pos[3 * k + 2];
-          const T r2 = x * x + y * y + z * z;
-          if (r2 >= a.cutoff2) continue;
-          const int j = a.cell_atoms[k];
-          if (is_excluded(a, i, j)) continue;
-          f(j, x, y, z, r2);
-        }
+        g(kbeg, a.cell_start[nc + 1], hx, hy, hz);
       }
     }
   }
+}
+
+template <typename T, typename F>
+MLP_HD void for_each_half_shell_partner(const RealSpaceArgs<T>& a, int ki, F& f) {
+  const int i = a.cell_atoms[ki];
+  auto cell = [&](int kbeg, int kend, T hx, T hy, T hz) {
+    for (int k = kbeg; k < kend; ++k) {
+      const T x = hx - a.cell_pos[3 * k], y = hy - a.cell_pos[3 * k + 1], z = hz - a.cell_pos[3 * k + 2];
+      const T r2 = x * x + y * y + z * z;
+      if (r2 >= a.cutoff2) continue;
+      const int j = a.cell_atoms[k];
+      if (is_excluded(a, i, j)) continue;
+      f(j, x, y, z, r2);
+    }
+  };
+  for_each_half_shell_cell(a, ki, cell);
 }
 
 // Pair terms of site i (cell-order position ki when periodic) with its half-shell partners,
