@@ -35,15 +35,16 @@ void check_fukui_args(const at::Tensor& charges, const at::Tensor& logits, const
 
 namespace {
 
-// Per (fragment, channel): largest logit, softmax normaliser sum exp(l - top), charge sum.
+// Per (fragment, channel): largest logit, softmax normaliser sum exp(l - top), charge sum; and
+// per atom the softmax weights w (so that exp is taken once per atom and channel).
 struct FragmentSums {
-  std::vector<double> top, norm, total;
+  std::vector<double> top, norm, total, weight;
 };
 
 template <typename T>
 FragmentSums fragment_sums(int64_t n, int64_t F, const T* q, const T* l, const int64_t* frag) {
   FragmentSums s{std::vector<double>(2 * F, -std::numeric_limits<double>::infinity()),
-                 std::vector<double>(2 * F, 0.0), std::vector<double>(2 * F, 0.0)};
+                 std::vector<double>(2 * F, 0.0), std::vector<double>(2 * F, 0.0), std::vector<double>(2 * n)};
   for (int64_t i = 0; i < n; ++i) {
     const int64_t f = frag[i];
     TORCH_CHECK(f >= 0 && f < F, "fukui_equilibrate: fragment id ", f, " of atom ", i, " is outside 0..F-1 = 0..",
@@ -53,14 +54,20 @@ FragmentSums fragment_sums(int64_t n, int64_t F, const T* q, const T* l, const i
   for (int64_t i = 0; i < n; ++i) {
     const int64_t f = frag[i];
     for (int c = 0; c < 2; ++c) {
-      s.norm[2 * f + c] += std::exp((double)l[2 * i + c] - s.top[2 * f + c]);
+      const double e = std::exp((double)l[2 * i + c] - s.top[2 * f + c]);
+      s.weight[2 * i + c] = e;
+      s.norm[2 * f + c] += e;
       s.total[2 * f + c] += (double)q[2 * i + c];
     }
   }
+  for (int64_t i = 0; i < n; ++i)
+    for (int c = 0; c < 2; ++c) s.weight[2 * i + c] /= s.norm[2 * frag[i] + c];
   return s;
 }
 
-constexpr int64_t PARALLEL_GRAIN = 16384;
+// Threads only pay off on very large inputs: these loops are memory-bound, and on a loaded
+// machine waiting for a descheduled OpenMP thread costs more than the whole serial loop.
+constexpr int64_t PARALLEL_GRAIN = 1 << 18;
 
 template <typename T>
 void forward_kernel(int64_t n, int64_t F, const T* q, const T* l, const T* targets, const int64_t* frag, T* out) {
@@ -72,7 +79,7 @@ void forward_kernel(int64_t n, int64_t F, const T* q, const T* l, const T* targe
     const int64_t f = frag[i];
     for (int c = 0; c < 2; ++c) {
       const int64_t k = 2 * f + c;
-      const double w = std::exp((double)l[2 * i + c] - s.top[k]) / s.norm[k];
+      const double w = s.weight[2 * i + c];
       out[2 * i + c] = (T)((double)q[2 * i + c] + w * missing[k]);
     }
   }
@@ -89,7 +96,7 @@ void backward_kernel(int64_t n, int64_t F, const T* g, const T* q, const T* l, c
     const int64_t f = frag[i];
     for (int c = 0; c < 2; ++c) {
       const int64_t k = 2 * f + c;
-      G[k] += (double)g[2 * i + c] * std::exp((double)l[2 * i + c] - s.top[k]) / s.norm[k];
+      G[k] += (double)g[2 * i + c] * s.weight[2 * i + c];
     }
   }
 #pragma omp parallel for schedule(static) if (n > PARALLEL_GRAIN)
@@ -97,7 +104,7 @@ void backward_kernel(int64_t n, int64_t F, const T* g, const T* q, const T* l, c
     const int64_t f = frag[i];
     for (int c = 0; c < 2; ++c) {
       const int64_t k = 2 * f + c;
-      const double w = std::exp((double)l[2 * i + c] - s.top[k]) / s.norm[k];
+      const double w = s.weight[2 * i + c];
       const double a = (double)g[2 * i + c] - G[k];
       grad_q[2 * i + c] = (T)a;
       grad_l[2 * i + c] = (T)(((double)targets[k] - s.total[k]) * w * a);
