@@ -80,13 +80,16 @@ def test_conservation_many_fragments(dtype, tol, seed, device):
     assert (sums[:, 0] - sums[:, 1] - (M - 1).double()).abs().max().item() < tol  # total spin
 
 
-def test_one_fragment_default_and_large_logits(device):
-    q = torch.randn(1000, 2, dtype=torch.float32, device=device)
-    l = 80.0 * torch.randn(1000, 2, dtype=torch.float32, device=device)  # exp would overflow unshifted
-    out = fukui_equilibrate(q, l, torch.tensor([1.0], device=device), torch.tensor([2], device=device))
+def test_one_large_fragment_float32_and_large_logits(device):
+    # float32 outputs are rounded once each, so their float64 sum drifts like sqrt(n) |q| 3e-8:
+    # about 3e-6 here for 100k atoms with charges of 0.3 e, inside the 1e-5 target
+    n = 100_000
+    q = 0.3 * torch.randn(n, 2, dtype=torch.float32, device=device)
+    l = 80.0 * torch.randn(n, 2, dtype=torch.float32, device=device)  # exp would overflow unshifted
+    out = fukui_equilibrate(q, l, torch.tensor([1], device=device), torch.tensor([2], device=device))
     assert torch.isfinite(out).all()
-    assert torch.allclose(fragment_sums(out, torch.zeros(1000, dtype=torch.long, device=device), 1),
-                          torch.tensor([[1.0, 0.0]], dtype=torch.float64, device=device), atol=1e-5, rtol=0)
+    sums = fragment_sums(out, torch.zeros(n, dtype=torch.long, device=device), 1)
+    assert (sums - torch.tensor([[1.0, 0.0]], dtype=torch.float64, device=device)).abs().max().item() < 1e-5
 
 
 def test_invariances(device):
@@ -180,6 +183,8 @@ def test_torchscript_gives_the_same_result():
     (gq,) = torch.autograd.grad(got.sum(), q)
     (wq,) = torch.autograd.grad(want.sum(), q)
     assert torch.equal(gq, wq)
+    one = scripted(q[:4], l[:4], Q[:1], M[:1], None)
+    assert torch.equal(one, fukui_equilibrate(q[:4], l[:4], Q[:1], M[:1]) * 2.0)
 
 
 def test_opcheck_schema_autograd_and_fake_tensor():
@@ -239,7 +244,7 @@ def test_bad_arguments_are_rejected(change, error, match):
 def test_valid_charge_multiplicity_pairs_pass():
     q, l, _, _, frag = _good()
     # water (10 electrons) neutral singlet; OH radical (9 electrons) doublet; cation of 9 electrons: 8, triplet
-    out = fukui_equilibrate(q, l, torch.tensor([0.0, 1.0]), torch.tensor([1, 3]), frag,
+    out = fukui_equilibrate(q, l, torch.tensor([0, 1]), torch.tensor([1, 3]), frag,  # integer charges are fine
                             n_electrons=torch.tensor([10, 9]))
     torch.testing.assert_close(fragment_sums(out, frag, 2), torch.tensor([[0.0, 0.0], [1.5, -0.5]],
                                                                          dtype=torch.float64))
