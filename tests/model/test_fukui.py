@@ -256,3 +256,16 @@ def test_operator_checks_fragment_ids_itself():
         op(q, l, torch.zeros(2, 2, dtype=torch.float64), torch.tensor([0, 0, 1, 1, 2]))
     with pytest.raises(RuntimeError, match="targets must have the dtype of charges|logits and targets must have"):
         op(q, l, torch.zeros(2, 2), torch.tensor([0, 0, 1, 1, 1]))
+
+
+def test_kernels_registered_for_every_dispatch_key():
+    import shutil
+    from pathlib import Path
+    keys = ["CPU", "Meta", "Autograd"]
+    has_nvcc = any(Path(p).exists() for p in ("/usr/local/cuda-13.0/bin/nvcc", "/usr/local/cuda/bin/nvcc")) or \
+        shutil.which("nvcc") is not None
+    if torch.version.cuda and has_nvcc:
+        keys.append("CUDA")  # compiled (not run) without a GPU
+    for name in ("fukui_equilibrate", "fukui_equilibrate_backward"):
+        for key in keys:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"mlpolar::{name}", key), (name, key)
