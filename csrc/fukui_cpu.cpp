@@ -15,8 +15,8 @@ void check_fukui_args(const at::Tensor& charges, const at::Tensor& logits, const
                       const at::Tensor& fragments) {
   TORCH_CHECK(charges.scalar_type() == at::kFloat || charges.scalar_type() == at::kDouble,
               "fukui_equilibrate: charges must be float32 or float64, got ", charges.scalar_type());
-  TORCH_CHECK(charges.dim() == 2 && charges.size(1) == 2, "fukui_equilibrate: charges must be [n, 2] (alpha, beta), got ",
-              charges.sizes());
+  TORCH_CHECK(charges.dim() == 2 && charges.size(1) == 2,
+              "fukui_equilibrate: charges must be [n, 2] (alpha, beta), got ", charges.sizes());
   TORCH_CHECK(logits.sizes() == charges.sizes(), "fukui_equilibrate: logits must have the shape of charges ",
               charges.sizes(), ", got ", logits.sizes());
   TORCH_CHECK(targets.dim() == 2 && targets.size(1) == 2, "fukui_equilibrate: targets must be [F, 2], got ",
