@@ -1,0 +1,1 @@
+from .fukui import fukui_equilibrate
