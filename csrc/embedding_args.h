@@ -81,6 +81,7 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
     in.src_widths = src_widths->contiguous();
     a.src_widths = static_cast<const T*>(in.src_widths.data_ptr());
   }
+  a.cutoff = (T)cutoff;
   a.cutoff2 = (T)(cutoff * cutoff);
   a.switch_width = (T)switch_width;
   a.switch_on = (T)(cutoff - switch_width);

@@ -29,27 +29,27 @@ struct EmbeddingArgs {
   int n_src_list = 0;
   bool periodic = false;
   T box[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-  T cutoff2 = 0;
+  T cutoff = 0, cutoff2 = 0;
   T switch_on = 0, switch_width = 0;  // switch on [switch_on, cutoff]; width 0: hard cutoff
   T beta = 0;
   const int64_t* excl_ptr = nullptr;  // [n_recv + 1] CSR by receiver
   const int64_t* excl_idx = nullptr;  // source indices
 };
 
-// 1 - smoothstep of order 4 (C4 at both ends): S(x) = 1 - x^5 (126 - 420 x + 540 x^2 - 315 x^3 + 70 x^4),
-// and its x-derivatives of order 0..9 (sx[j]).
+// S(x) = 1 - smoothstep_4(x) = smoothstep_4(y), y = 1 - x (C4 at both ends), with
+// smoothstep_4(y) = y^5 (126 - 420 y + 540 y^2 - 315 y^3 + 70 y^4). Written in y = (cutoff - r)/w so
+// that S and its derivatives vanish near the cutoff without cancellation. sy[j] = d^j S / dx^j.
 template <typename T>
-MLP_HD void switch_derivatives(T x, T* sx) {
-  // p(x) = 126 x^5 - 420 x^6 + 540 x^7 - 315 x^8 + 70 x^9; derivatives by the power rule
+MLP_HD void switch_derivatives(T y, T* sx) {
   const T c[10] = {0, 0, 0, 0, 0, 126, -420, 540, -315, 70};
   for (int j = 0; j <= 9; ++j) {
     T acc = 0;
     for (int m = 9; m >= j; --m) {
       T fall = 1;  // m (m-1) ... (m-j+1)
       for (int k = 0; k < j; ++k) fall *= T(m - k);
-      acc = acc * x + c[m] * fall;
+      acc = acc * y + c[m] * fall;
     }
-    sx[j] = (j == 0 ? T(1) : T(0)) - acc;
+    sx[j] = (j % 2) ? -acc : acc;  // d/dx = -d/dy
   }
 }
 
@@ -57,9 +57,9 @@ MLP_HD void switch_derivatives(T x, T* sx) {
 // and c_{k+1,j} = (2k - j) c_kj - c_{k,j-1}; S^(j)(r) = w^-j S_x^(j)(x). Written in x so that
 // float32 does not lose digits expanding powers of (r - r_on).
 template <typename T>
-MLP_HD void switch_radial(T r, T r_on, T w, int L, T* BS) {
+MLP_HD void switch_radial(T r, T cutoff, T w, int L, T* BS) {
   T sx[10];
-  switch_derivatives((r - r_on) / w, sx);
+  switch_derivatives((cutoff - r) / w, sx);
   T c[MAX_DEGREE + 2], cn[MAX_DEGREE + 2];
   for (int j = 0; j <= L + 1; ++j) c[j] = 0;
   c[0] = 1;
@@ -105,7 +105,7 @@ MLP_HD void embedding_radial(const EmbeddingArgs<T>& a, int i, int j, T r2, int 
   if (a.beta > T(0) || a.switch_width <= T(0) || r <= a.switch_on) return;
   // Leibniz: D is a derivation, so D^n (S K) = sum_k C(n,k) D^k S D^(n-k) K
   T BS[MAX_DEGREE + 1], BK[MAX_DEGREE + 1];
-  switch_radial(r, a.switch_on, a.switch_width, L, BS);
+  switch_radial(r, a.cutoff, a.switch_width, L, BS);
   for (int n = 0; n <= L; ++n) BK[n] = B[n];
   for (int n = 0; n <= L; ++n) {
     T acc = 0, binom = 1;
