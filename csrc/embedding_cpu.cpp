@@ -49,13 +49,40 @@ struct EmbeddingLoop {
   template <typename T>
   static void run(const EmbeddingArgs<T>& a, T* out) {
     const int nout = ncart(a.dout);
-#pragma omp parallel for schedule(dynamic, 4)
+    // threads only pay off beyond a few thousand pairs (their start-up costs microseconds)
+    const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
+#pragma omp parallel for schedule(dynamic, 4) if (parallel)
     for (int k = 0; k < a.n_recv_list; ++k) {
       const int i = a.recv_list[k];
       embedding_at_receiver<L>(a, i, out + (int64_t)i * nout);
     }
   }
 };
+
+template <int DIN, int DOUT, typename T>
+void embedding_loop_fixed(const EmbeddingArgs<T>& a, T* out) {
+  const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
+#pragma omp parallel for schedule(dynamic, 4) if (parallel)
+  for (int k = 0; k < a.n_recv_list; ++k) {
+    const int i = a.recv_list[k];
+    embedding_at_receiver_fixed<DIN, DOUT>(a, i, out + (int64_t)i * ncart(DOUT));
+  }
+}
+
+// Compile-time degrees for the calls of mm_features and its first and second derivatives.
+template <typename T>
+bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
+#define MLP_CASE(I, O)                  \
+  if (a.din == I && a.dout == O) {      \
+    embedding_loop_fixed<I, O>(a, out); \
+    return true;                        \
+  }
+  MLP_CASE(0, 0) MLP_CASE(0, 1) MLP_CASE(0, 2) MLP_CASE(0, 3) MLP_CASE(0, 4) MLP_CASE(0, 5)
+  MLP_CASE(1, 0) MLP_CASE(2, 0) MLP_CASE(3, 0) MLP_CASE(4, 0)
+  MLP_CASE(1, 1) MLP_CASE(2, 1) MLP_CASE(3, 1) MLP_CASE(4, 1)
+#undef MLP_CASE
+  return false;
+}
 
 }  // namespace
 
@@ -69,7 +96,8 @@ at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src
   AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_field_cpu", [&] {
     auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions,
                                               cutoff, switch_width, beta, (int)deg_out);
-    dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
+    if (!embedding_fixed(in.args, out.data_ptr<scalar_t>()))
+      dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
   });
   return out;
 }

@@ -172,3 +172,28 @@ MLP_HD void embedding_at_receiver(const EmbeddingArgs<T>& a, int i, T* out) {
 }
 
 }  // namespace mlpolar
+
+namespace mlpolar {
+
+// The same with compile-time degrees (the hot cases: forward DIN = 0, backward DOUT <= 1):
+// unrolled contraction into a local accumulator.
+template <int DIN, int DOUT, typename T>
+MLP_HD void embedding_at_receiver_fixed(const EmbeddingArgs<T>& a, int i, T* out) {
+  constexpr int L = DIN + DOUT, NIN = ncart(DIN), NOUT = ncart(DOUT);
+  T acc[NOUT];
+  for (int k = 0; k < NOUT; ++k) acc[k] = 0;
+  T B[L + 1], R[ncart(L)];
+  for (int k = 0; k < a.n_src_list; ++k) {
+    const int j = a.src_list[k];
+    T x, y, z;
+    const T r2 = embedding_displacement(a, i, j, x, y, z);
+    if (r2 >= a.cutoff2 || r2 <= T(0) || embedding_excluded(a, i, j)) continue;
+    embedding_radial(a, i, j, r2, L, B);
+    hermite_tensor<L>(x, y, z, B, R);
+    contract_fixed<DIN, DOUT, false>(R, a.coeffs + (int64_t)j * NIN, acc);
+  }
+  embedding_corrections<L>(a, i, acc);
+  for (int k = 0; k < NOUT; ++k) out[k] += acc[k];
+}
+
+}  // namespace mlpolar
