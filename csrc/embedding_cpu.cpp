@@ -170,7 +170,7 @@ bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
   }
   MLP_CASE(0, 0) MLP_CASE(0, 1) MLP_CASE(0, 2) MLP_CASE(0, 3) MLP_CASE(0, 4) MLP_CASE(0, 5)
   MLP_CASE(1, 0) MLP_CASE(2, 0) MLP_CASE(3, 0) MLP_CASE(4, 0)
-  MLP_CASE(1, 1) MLP_CASE(2, 1) MLP_CASE(3, 1) MLP_CASE(4, 1)
+  MLP_CASE(1, 1) MLP_CASE(2, 1) MLP_CASE(3, 1) MLP_CASE(4, 1) MLP_CASE(3, 2)
 #undef MLP_CASE
   return false;
 }
