@@ -237,14 +237,17 @@ def _consistency(box, widths_on, seed):
     zeros = torch.zeros(60, 3, dtype=F64)
     pos = torch.cat([ml, mm])
     w_all = None if widths is None else torch.cat([widths, torch.zeros(60, dtype=F64)])
+    excl = torch.tensor([[0, 2], [3, 17], [4, 30]])  # (ml, mm) pairs; the core numbers MM after ML
     E_all = core.energy(pos, torch.cat([qml, q]), torch.cat([mu, zeros]),
-                        torch.cat([th, zeros[:, :, None].expand(60, 3, 3)]), w_all, box)
+                        torch.cat([th, zeros[:, :, None].expand(60, 3, 3)]), w_all, box,
+                        exclusions=excl + torch.tensor([0, 5]))
     E_ml = core.energy(ml, qml, mu, th, widths, box)
     E_mm = core.energy(mm, q, None, None, None if widths is None else torch.zeros(60, dtype=F64), box)
     if box is not None:
-        T = mm_features(ml, widths, mm, q, box=box, cutoff=1.0, alpha=3.2, grid=[36, 36, 36], pme_order=8)
+        T = mm_features(ml, widths, mm, q, box=box, cutoff=1.0, alpha=3.2, grid=[36, 36, 36], pme_order=8,
+                        exclusions=excl)
     else:  # the core sums all pairs under open boundaries: a cutoff beyond every pair, no switch
-        T = mm_features(ml, widths, mm, q, cutoff=50.0, switch_width=0.0)
+        T = mm_features(ml, widths, mm, q, cutoff=50.0, switch_width=0.0, exclusions=excl)
     E_emb = (qml * T.T0).sum() + (mu * T.T1).sum() + (th * T.T2).sum() / 3
     return E_emb, E_all - E_ml - E_mm
 
