@@ -33,7 +33,7 @@ def neighbour_pairs(positions: torch.Tensor, cutoff: float, box: Optional[torch.
     keep = i != j
     i, j = i[keep], j[keep]
     with torch.no_grad():
-        d = minimum_image(positions[j] - positions[i], box).norm(dim=1)
+        d = minimum_image(positions[j] - positions[i], box).norm(p=2, dim=1)
         near = d < cutoff
     i, j = i[near], j[near]
     return i, j, minimum_image(positions[j] - positions[i], box)

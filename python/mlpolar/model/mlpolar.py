@@ -51,6 +51,7 @@ class MLPolar(nn.Module):
         self.feature_length: float = float(config.feature_length)
         self.energy_scale: float = float(config.energy_scale)
         self.elec_cutoff: float = float(config.electrostatics_cutoff)
+        self.coulomb: float = ONE_4PI_EPS0
         C, S, H = config.channels, len(config.elements), len(config.heads)
 
         index = torch.full((119,), -1, dtype=torch.long)
@@ -60,6 +61,8 @@ class MLPolar(nn.Module):
         self.register_buffer("atomic_numbers", torch.tensor(config.elements, dtype=torch.long))
         self.embedding = nn.Embedding(S, C)
         self.learned_widths: bool = config.widths == "learned"
+        self.width_min: float = WIDTH_MIN
+        self.width_max: float = WIDTH_MAX
         if self.learned_widths:
             if not WIDTH_MIN < config.width < WIDTH_MAX:
                 raise ValueError(f"width must lie in ({WIDTH_MIN}, {WIDTH_MAX}) nm for learned widths, got {config.width}")
@@ -69,21 +72,33 @@ class MLPolar(nn.Module):
             self.width_logits = nn.Parameter(torch.zeros(S), requires_grad=False)
         self.register_buffer("fixed_width", torch.full((S,), float(config.width)))
 
-        if self.equivariant:
-            self.blocks = nn.ModuleList([CartesianBlock(C, config.radial_basis, config.avg_neighbours)
-                                         for _ in range(config.layers)])
-            self.updates = nn.ModuleList([EquivariantUpdate(C, config.contraction_channels, config.quadrupoles)
-                                          for _ in range(config.iterations)])
-            self.mu_head = nn.Linear(C, 2, bias=False)
-            self.theta_head = nn.Linear(C, 2, bias=False)
-            self.charge_heads = nn.ModuleList([nn.Linear(C, 4)])
-        else:
-            self.blocks = nn.ModuleList([ChargeBlock(C, config.radial_basis, config.avg_neighbours)
-                                         for _ in range(config.layers)])
-            self.updates = nn.ModuleList([ChargeUpdate(C, config.contraction_channels)
-                                          for _ in range(config.iterations)])
-            # charges before the first block; each block has its own charge head
-            self.charge_heads = nn.ModuleList([nn.Linear(C, 4)])
+        # one variant's lists are empty (both are typed, so TorchScript compiles both branches)
+        eq, K, L = self.equivariant, config.iterations, config.layers
+        self.cartesian_blocks = nn.ModuleList([CartesianBlock(C, config.radial_basis, config.avg_neighbours)
+                                               for _ in range(L if eq else 0)])
+        self.equivariant_updates = nn.ModuleList([EquivariantUpdate(C, config.contraction_channels,
+                                                                    config.quadrupoles) for _ in range(K if eq else 0)])
+        self.charge_blocks = nn.ModuleList([ChargeBlock(C, config.radial_basis, config.avg_neighbours)
+                                            for _ in range(0 if eq else L)])
+        self.charge_updates = nn.ModuleList([ChargeUpdate(C, config.contraction_channels)
+                                             for _ in range(0 if eq else K)])
+        self.charge_head = nn.Linear(C, 4)    # initial (q_α, q_β, Fukui logits α, β)
+        self.mu_head = nn.Linear(C, 2 if eq else 1, bias=False)
+        self.theta_head = nn.Linear(C, 2 if eq else 1, bias=False)
+        # multipole heads start small: a random model then has chemically sized charges (~0.1 e) and
+        # dipoles (~0.01 e nm), so its fields, features and energies stay in a sane range
+        with torch.no_grad():
+            self.charge_head.weight.mul_(0.1)
+            self.charge_head.bias.mul_(0.1)
+            for update in self.equivariant_updates:
+                update.head.weight.mul_(0.1)
+                update.head.bias.mul_(0.1)
+            for update in self.charge_updates:
+                update.head.weight.mul_(0.1)
+                update.head.bias.mul_(0.1)
+            for block in self.charge_blocks:
+                block.charge_head.weight.mul_(0.1)
+                block.charge_head.bias.mul_(0.1)
         self.local_energy = mlp(C, C, H)
         self.nonlocal_energy = mlp(C + 4, C, H)
         self.reference_energy = nn.Parameter(torch.zeros(H, S))
@@ -94,7 +109,7 @@ class MLPolar(nn.Module):
     def widths_of(self, index: torch.Tensor) -> torch.Tensor:
         """Gaussian widths σ (nm) of atoms with species indices `index`."""
         if self.learned_widths:
-            return WIDTH_MIN + (WIDTH_MAX - WIDTH_MIN) * torch.sigmoid(self.width_logits[index])
+            return self.width_min + (self.width_max - self.width_min) * torch.sigmoid(self.width_logits[index])
         return self.fixed_width[index]
 
     def head_index(self, head: Optional[str]) -> int:
@@ -103,7 +118,7 @@ class MLPolar(nn.Module):
         for k, name in enumerate(self.heads):
             if name == head:
                 return k
-        raise ValueError(f"head {head!r} is not one of this model's heads {self.heads}")
+        raise ValueError(f"head '{head}' is not one of this model's heads {self.heads}")
 
     def _ml_field(self, positions: torch.Tensor, q: torch.Tensor, mu: Optional[torch.Tensor],
                   theta: Optional[torch.Tensor], widths: torch.Tensor, box: Optional[torch.Tensor],
@@ -129,7 +144,7 @@ class MLPolar(nn.Module):
         h = self.head_index(head)
         n = positions.shape[0]
         dtype, device = positions.dtype, positions.device
-        k = ONE_4PI_EPS0
+        k = self.coulomb
         ell = self.feature_length
         # charge/multiplicity/electron-count parity is checked once, before any work
         n_electrons = torch.zeros_like(total_charge, dtype=torch.long)
@@ -141,7 +156,7 @@ class MLPolar(nn.Module):
 
         widths = self.widths_of(index)
         i, j, r = neighbour_pairs(positions, self.cutoff, box)
-        dist = r.norm(dim=1)
+        dist = r.norm(p=2, dim=1)
         u = r / dist[:, None]
         basis = bessel_basis(dist, self.cutoff, self.radial_basis, self.envelope_power)
 
@@ -162,14 +177,15 @@ class MLPolar(nn.Module):
         if self.equivariant:
             v = positions.new_zeros(n, 3, s.shape[1])
             t = positions.new_zeros(n, 3, 3, s.shape[1])
-            for block in self.blocks:
+            for block in self.cartesian_blocks:
                 s, v, t = block(s, v, t, i, j, u, basis)
-            out = self.charge_heads[0](s)
+            out = self.charge_head(s)
             q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
-            mu = self.mu_head(v)
+            # dipoles in units of e·ℓ and quadrupoles of e·ℓ² (ℓ = feature_length)
+            mu = self.mu_head(v) * (0.1 * ell)
             if self.quadrupoles:
-                theta = self.theta_head(t)
-            for update in self.updates:
+                theta = self.theta_head(t) * (0.1 * ell * ell)
+            for update in self.equivariant_updates:
                 tot_mu = mu.sum(2) if mu is not None else None
                 tot_th = theta.sum(3) if theta is not None else None
                 _, V = self._ml_field(positions, q.sum(1), tot_mu, tot_th, widths, box, 2)
@@ -181,18 +197,18 @@ class MLPolar(nn.Module):
                 s, dq, logits, dmu, dth = update(s, v, t, q, phi, grad, hess, t3)
                 q = self._equilibrate(q + dq, logits, total_charge, multiplicity, fragments)
                 if mu is not None:
-                    mu = mu + dmu
+                    mu = mu + dmu * ell
                 if theta is not None and dth is not None:
-                    theta = theta + dth
+                    theta = theta + dth * (ell * ell)
         else:
-            out = self.charge_heads[0](s)
+            out = self.charge_head(s)
             q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
-            for block in self.blocks:
+            for block in self.charge_blocks:
                 # MPNICE: the block sees the current charges and their potential, then re-equilibrates
                 _, V = self._ml_field(positions, q.sum(1), None, None, widths, box, 0)
                 s, out = block(s, q, (V[:, 0] + T0) * (ell / k), i, j, basis)
                 q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
-            for update in self.updates:
+            for update in self.charge_updates:
                 _, V = self._ml_field(positions, q.sum(1), None, None, widths, box, 1)
                 phi = (V[:, 0] + T0) * (ell / k)
                 grad = (V[:, 1:4] + T1 + ext_grad) * (ell ** 2 / k)
@@ -291,8 +307,8 @@ class MLPolar(nn.Module):
             half = 0.5 * float(torch.min(torch.stack([a[0], b[1], c[2]])))
             need = max(self.cutoff, self.elec_cutoff)
             if need > half:
-                raise ValueError(f"the box is too small: its smallest width is {2 * half:.4g} nm but the model's "
-                                 f"cutoffs need at least {2 * need:.4g} nm (twice max(cutoff, electrostatics_cutoff)); "
+                raise ValueError(f"the box is too small: its smallest width is {2 * half} nm but the model's "
+                                 f"cutoffs need at least {2 * need} nm (twice max(cutoff, electrostatics_cutoff)); "
                                  "use a larger box or build the model with a smaller electrostatics_cutoff")
         if external_field is not None:
             if external_field.shape != (3,) or external_field.dtype != pdtype:
