@@ -19,6 +19,15 @@ def solvated_tight():
 
 
 @pytest.fixture(scope="session")
+def open_water():
+    """The solvated dipeptide without periodic boundaries (NoCutoff): open-boundary ML/MM."""
+    import openmm.app as app
+    from openmmtools.testsystems import AlanineDipeptideExplicit
+    return Case(AlanineDipeptideExplicit(constraints=None, nonbondedMethod=app.NoCutoff))
+
+
+@pytest.fixture(scope="session")
 def vacuum():
+    """The dipeptide alone: every atom ML."""
     from openmmtools.testsystems import AlanineDipeptideVacuum
     return Case(AlanineDipeptideVacuum(constraints=None))

@@ -58,18 +58,18 @@ def test_constraints_removed_only_inside_ml():
     assert n_ml > 0 and len(kept) == t.system.getNumConstraints() - n_ml
 
 
-@pytest.mark.parametrize("case", ["vacuum", "solvated_tight"])
+@pytest.mark.parametrize("case", ["open_water", "solvated_tight"])
 def test_fixed_charge_model_reproduces_mm(case, request):
     """Nothing counted twice or dropped: the MM force field's own ML-region terms, moved into the
     model (charges through mlpolar's Ewald/PME), give back the MM energy and forces."""
     c = request.getfixturevalue(case)
     E0, F0, _ = evaluate(c.system, c.positions)
     E1, F1, _ = evaluate(create_mixed_system(c.topology, c.system, c.ml_atoms, c.model), c.positions)
-    if case == "vacuum":
+    if case == "open_water":
         # exact up to the Coulomb constant: OpenMM 8.6 uses 138.93545764438198, mlpolar.units
-        # 138.935456 (1.2e-8 relative of the ~300 kJ/mol of ML-ML Coulomb terms)
-        assert abs(E1 - E0) < 1e-5
-        np.testing.assert_allclose(F1, F0, atol=1e-5)
+        # 138.935456 (1.2e-8 relative of the ML-involving Coulomb terms)
+        assert abs(E1 - E0) < 1e-4
+        np.testing.assert_allclose(F1, F0, atol=1e-4)
     else:   # OpenMM's and mlpolar's PME at ewaldErrorTolerance 1e-6
         assert abs(E1 - E0) < 1e-3
         assert np.abs(F1 - F0).max() < 1e-2
