@@ -199,3 +199,15 @@ def test_mlpolar_model_mechanical_embedding(solvated, mlpolar_model):
     E, F, _ = evaluate(mixed, c.positions, groups={1})
     assert np.isfinite(E) and np.all(F[[i for i in range(len(F)) if i not in set(c.ml_atoms)]] == 0.0)
     assert np.abs(F[c.ml_atoms]).max() > 0
+
+
+def test_fixed_charge_model_mechanical_embedding_reproduces_mm(solvated_tight):
+    """openmm-ml's mechanical embedding with the fixed-charge model (run without MM charges, ML-ML
+    images through its Ewald) also gives back the MM energy: the vacuum path has no double counting."""
+    from openmmml import MLPotential
+    c = solvated_tight
+    mech = MLPotential("mlpolar", model=c.model).createMixedSystem(c.topology, c.system, c.ml_atoms)
+    E0, F0, _ = evaluate(c.system, c.positions)
+    E1, F1, _ = evaluate(mech, c.positions)
+    assert abs(E1 - E0) < 1e-3
+    assert np.abs(F1 - F0).max() < 1e-2
