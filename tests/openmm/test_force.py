@@ -161,12 +161,13 @@ def _vacuum_direct(model, c):
     return float(out["energy"].detach()), -g.numpy()
 
 
-def test_mlpolar_model_in_vacuum_through_openmmml(vacuum, mlpolar_model):
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_mlpolar_model_in_vacuum_through_openmmml(vacuum, mlpolar_model, platform):
     """Pure-ML System through openmm-ml: Context == direct call, forces == -grad."""
     from openmmml import MLPotential
     c = vacuum
     system = MLPotential("mlpolar", model=mlpolar_model).createSystem(c.topology)
-    E, F, _ = evaluate(system, c.positions)
+    E, F, _ = evaluate(system, c.positions, platform)
     E_ref, F_ref = _vacuum_direct(mlpolar_model, c)
     assert abs(E - E_ref) < 1e-9 * abs(E_ref) + 1e-9
     np.testing.assert_allclose(F, F_ref, atol=1e-8 * np.abs(F_ref).max())
