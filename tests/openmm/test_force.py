@@ -212,3 +212,15 @@ def test_fixed_charge_model_mechanical_embedding_reproduces_mm(solvated_tight):
     E1, F1, _ = evaluate(mech, c.positions)
     assert abs(E1 - E0) < 1e-3
     assert np.abs(F1 - F0).max() < 1e-2
+
+
+def test_torchforce_export_matches_python_backend(vacuum, mlpolar_model):
+    """The TorchScript module of backend='torch' (what openmmtorch.TorchForce would run) gives the
+    PythonForce's energy; openmm-torch itself is not importable here (see test_torch_backend_detection)."""
+    from mlpolar.openmm.force import prepare_evaluator, torchforce_module
+    c = vacuum
+    module, _ = torchforce_module(torch.jit.script(mlpolar_model), c.ml_atoms, c.system, topology=c.topology)
+    x = torch.tensor(c.positions)
+    E_script = float(module(x, None))
+    E_python = float(prepare_evaluator(mlpolar_model, c.ml_atoms, c.system, topology=c.topology).evaluate(x, None)[0])
+    assert abs(E_script - E_python) < 1e-9 * abs(E_python) + 1e-9

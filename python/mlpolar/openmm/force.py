@@ -213,12 +213,13 @@ class MLPolarForce(openmm.PythonForce):
 
 
 class _TorchForceModule(torch.nn.Module):
-    """TorchForce wrapper: (positions [N,3], box [3,3]) -> energy, for torch.jit.script."""
+    """TorchForce wrapper: (positions [N,3] nm, box [3,3] nm) -> energy kJ/mol, for torch.jit.script."""
 
     def __init__(self, model, evaluator: _ModelEvaluator):
         super().__init__()
         self.model = model
         self.periodic = evaluator.periodic
+        self.has_mm = len(evaluator.mm_atoms) > 0
         self.register_buffer("ml", evaluator._ml)
         self.register_buffer("mm", evaluator._mm)
         self.register_buffer("species", evaluator._species)
@@ -231,9 +232,23 @@ class _TorchForceModule(torch.nn.Module):
         b: Optional[torch.Tensor] = None
         if self.periodic and box is not None:
             b = box.to(self.mm_q.dtype)
-        out = self.model(self.species, x[self.ml], self.total_charge, self.mult, None, x[self.mm], self.mm_q, b,
-                         None, None)
+        mm_x: Optional[torch.Tensor] = None
+        mm_q: Optional[torch.Tensor] = None
+        if self.has_mm:
+            mm_x = x[self.mm]
+            mm_q = self.mm_q
+        out = self.model(self.species, x[self.ml], self.total_charge, self.mult, None, mm_x, mm_q, b, None, None)
         return out["energy"]
+
+
+def torchforce_module(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True):
+    """The TorchScript module that backend="torch" hands to openmmtorch.TorchForce (same checks as
+    MLPolarForce); needs a TorchScript-able model."""
+    evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+    try:
+        return torch.jit.script(_TorchForceModule(model, evaluator)), evaluator
+    except Exception as e:  # TorchScript reports many error types
+        raise RuntimeError(f"backend='torch' needs a TorchScript-able model; scripting failed: {e}") from e
 
 
 def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed):
@@ -241,11 +256,7 @@ def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device
     if not ok:
         raise RuntimeError("backend='torch' is not available: " + message)
     import openmmtorch
-    evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
-    try:
-        module = torch.jit.script(_TorchForceModule(model, evaluator))
-    except Exception as e:  # TorchScript reports many error types
-        raise RuntimeError(f"backend='torch' needs a TorchScript-able model; scripting failed: {e}") from e
+    module, evaluator = torchforce_module(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(evaluator.periodic)
     force.setName("MLPolarForce")
