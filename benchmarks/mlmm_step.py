@@ -102,7 +102,7 @@ def main():
         for name in args.systems:
             t, ml = load_system(name)
             n = t.system.getNumParticles()
-            models = {"fixed-charge": FixedChargeModel.from_system(t.system, ml)}
+            models = {"fixed-charge": FixedChargeModel.from_system(t.system, ml, topology=t.topology)}
             try:
                 models["mlpolar-tiny"] = tiny_mlpolar()
             except ImportError as e:

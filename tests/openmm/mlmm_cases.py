@@ -14,7 +14,7 @@ class Case:
         self.system = testsystem.system
         self.positions = np.asarray(testsystem.positions.value_in_unit(u.nanometer))
         self.ml_atoms = [a.index for a in self.topology.atoms() if a.residue.name != "HOH"]
-        self.model = FixedChargeModel.from_system(self.system, self.ml_atoms)
+        self.model = FixedChargeModel.from_system(self.system, self.ml_atoms, topology=self.topology)
 
 
 def evaluate(system, positions, platform="Reference", parameters=None, groups=-1, box=None):

@@ -41,6 +41,12 @@ def test_fixed_charge_model_checks(vacuum):
         FixedChargeModel.from_system(rf, vacuum.ml_atoms)
     model = FixedChargeModel.from_system(vacuum.system, vacuum.ml_atoms)
     assert model.elements == [1, 6, 7, 8]
+    # hydrogen mass repartitioning: masses no longer tell the element; the topology does
+    hmr = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(vacuum.system))
+    hmr.setParticleMass(1, 3.024)
+    with pytest.raises(ValueError, match="pass topology="):
+        FixedChargeModel.from_system(hmr, vacuum.ml_atoms)
+    assert FixedChargeModel.from_system(hmr, vacuum.ml_atoms, topology=vacuum.topology).elements == [1, 6, 7, 8]
     with pytest.raises(ValueError, match="built for 22 ML atoms"):
         model(torch.ones(3, dtype=torch.int64), torch.zeros(3, 3, dtype=torch.float64), torch.zeros(1),
               torch.ones(1, dtype=torch.int64))

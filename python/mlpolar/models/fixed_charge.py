@@ -82,13 +82,15 @@ class FixedChargeModel(torch.nn.Module):
         self.electrostatics = GaussianMultipoles(cutoff=self.mm_cutoff, tolerance=self.ewald_tolerance)
 
     @classmethod
-    def from_system(cls, system: openmm.System, ml_atoms, species=None) -> "FixedChargeModel":
+    def from_system(cls, system: openmm.System, ml_atoms, species=None, topology=None) -> "FixedChargeModel":
         """Read the ML atoms' charges, LJ pairs and bonded terms from an MM System.
 
         Args:
             system: the original MM System (one NonbondedForce with NoCutoff, Ewald or PME).
             ml_atoms: indices of the ML atoms; the model's atom i is ml_atoms[i].
-            species: atomic numbers of the ML atoms (for `elements`); None: guessed from masses.
+            species: atomic numbers of the ML atoms (for `elements`); None: from `topology`, or
+                else from the masses (refused when they do not match an element, e.g. with
+                hydrogen mass repartitioning).
         """
         ml = [int(i) for i in ml_atoms]
         local = {a: k for k, a in enumerate(ml)}
@@ -151,7 +153,8 @@ class FixedChargeModel(torch.nn.Module):
                         raise ValueError("the fixed-charge model does not implement CMAP terms; choose an ML region "
                                          "without CMAP torsions")
         if species is None:
-            species = [openmm.app.Element.getByMass(system.getParticleMass(a)).atomic_number for a in ml]
+            from ..openmm.checks import species_of
+            species = species_of(ml, system, topology)
         cutoff = nb.getCutoffDistance().value_in_unit(openmm.unit.nanometer)
         periodic = nb.getNonbondedMethod() != openmm.NonbondedForce.NoCutoff
         switch = nb.getSwitchingDistance().value_in_unit(openmm.unit.nanometer) \
