@@ -108,6 +108,9 @@ def test_lambda_interpolation(solvated, platform):
     tol = 1e-9 * abs(E_mm) / h if platform == "Reference" else 1e-5 * abs(E_mm) / h
     assert abs(dmid[LAMBDA] - fd) < tol
     assert abs(d0[LAMBDA] - (E_ml - E_mm)) < tol and abs(d1[LAMBDA] - (E_ml - E_mm)) < tol
+    if platform == "CPU":   # the CustomCVForces (with the pickled model inside) survive serialisation
+        E_copy, _, d_copy = evaluate(copy.deepcopy(mixed_l), c.positions, platform, {LAMBDA: 0.5})
+        assert abs(E_copy - state_values(ctx, {LAMBDA: 0.5})[0]) < 1e-6 * abs(E_mm) and d_copy == dmid
 
 
 def test_bad_input(solvated, vacuum):
