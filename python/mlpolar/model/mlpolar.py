@@ -230,8 +230,10 @@ class MLPolar(nn.Module):
             E = external_field.to(dtype)
             e_ext = -(charges[:, None] * positions * E).sum() - (dipoles * E).sum()
 
+        # the non-local term sees the ML and MM potentials but not the uniform external field, whose
+        # energy is explicit: without polarisation iterations −∂E/∂F is then exactly the dipole
         phi = (V[:, 0] + T0) * (ell / k)
-        grad = (V[:, 1:4] + T1 + ext_grad) * (ell ** 2 / k)
+        grad = (V[:, 1:4] + T1) * (ell ** 2 / k)
         nl_in = torch.cat([s, q, phi[:, None], (grad * grad).sum(1, keepdim=True)], dim=1)
         e_nonlocal = self.energy_scale * self.nonlocal_energy(nl_in)[:, h].sum()
         e_local = self.energy_scale * self.local_energy(s)[:, h].sum()
