@@ -308,9 +308,11 @@ class MLPolar(nn.Module):
                 raise ValueError("box must be in OpenMM's reduced form: a = (ax,0,0), b = (bx,by,0), c = (cx,cy,cz)")
             half = 0.5 * float(torch.min(torch.stack([a[0], b[1], c[2]])))
             need = max(self.cutoff, self.elec_cutoff)
+            if mm_positions is not None:
+                need = max(need, self.mm_cutoff)
             if need > half:
                 raise ValueError(f"the box is too small: its smallest width is {2 * half} nm but the model's "
-                                 f"cutoffs need at least {2 * need} nm (twice max(cutoff, electrostatics_cutoff)); "
+                                 f"cutoffs need at least {2 * need} nm (twice the largest of cutoff, electrostatics_cutoff and, with MM atoms, mm_cutoff); "
                                  "use a larger box or build the model with a smaller electrostatics_cutoff")
         if external_field is not None:
             if external_field.shape != (3,) or external_field.dtype != pdtype:
