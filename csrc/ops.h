@@ -48,4 +48,14 @@ void check_field_args(const at::Tensor& positions, const at::Tensor& coeffs, con
                       int64_t deg_total);
 void check_pme_args(const at::Tensor& grid_positions, const at::Tensor& coeffs_or_grid, int64_t deg, int64_t order);
 
+// Embedding operator (issue 3): two site sets, receivers gather from sources (embedding_cpu.cpp).
+at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
+                               const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
+                               const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
+                               double switch_width, double beta, int64_t deg_out);
+void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
+                          const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
+                          const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
+                          double switch_width, double beta, int64_t deg_out);
+
 }  // namespace mlpolar

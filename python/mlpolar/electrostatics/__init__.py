@@ -4,3 +4,6 @@ from .gaussian_multipoles import GaussianMultipoles
 from .multipoles import receiver_coefficients, split_derivatives
 
 __all__ = ["GaussianMultipoles", "ewald_parameters", "receiver_coefficients", "split_derivatives"]
+from .embedding import MMFeatures, mm_features  # noqa: E402
+
+__all__ += ["MMFeatures", "mm_features"]

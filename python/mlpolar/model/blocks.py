@@ -89,7 +89,7 @@ class ChargeBlock(nn.Module):
         n = s.shape[0]
         m = self.radial(basis) * env[:, None] * self.mix(s)[j]
         M = torch.zeros(n, self.channels, dtype=s.dtype, device=s.device).index_add(0, i, m) * self.norm
-        qb = (basis[:, :, None] * q[j][:, None, :]).reshape(i.shape[0], -1)   # [E, 2K]
+        qb = (basis[:, :, None] * q[j][:, None, :]).reshape(i.shape[0], 2 * basis.shape[1])   # [E, 2K]
         Q = torch.zeros(n, qb.shape[1], dtype=s.dtype, device=s.device).index_add(0, i, qb)
         s = s + self.update(torch.cat([s, M, Q, q, phi[:, None]], dim=1))
         return s, self.charge_head(s)

@@ -230,8 +230,10 @@ class MLPolar(nn.Module):
             E = external_field.to(dtype)
             e_ext = -(charges[:, None] * positions * E).sum() - (dipoles * E).sum()
 
+        # the non-local term sees the ML and MM potentials but not the uniform external field, whose
+        # energy is explicit: without polarisation iterations −∂E/∂F is then exactly the dipole
         phi = (V[:, 0] + T0) * (ell / k)
-        grad = (V[:, 1:4] + T1 + ext_grad) * (ell ** 2 / k)
+        grad = (V[:, 1:4] + T1) * (ell ** 2 / k)
         nl_in = torch.cat([s, q, phi[:, None], (grad * grad).sum(1, keepdim=True)], dim=1)
         e_nonlocal = self.energy_scale * self.nonlocal_energy(nl_in)[:, h].sum()
         e_local = self.energy_scale * self.local_energy(s)[:, h].sum()
@@ -306,9 +308,11 @@ class MLPolar(nn.Module):
                 raise ValueError("box must be in OpenMM's reduced form: a = (ax,0,0), b = (bx,by,0), c = (cx,cy,cz)")
             half = 0.5 * float(torch.min(torch.stack([a[0], b[1], c[2]])))
             need = max(self.cutoff, self.elec_cutoff)
+            if mm_positions is not None:
+                need = max(need, self.mm_cutoff)
             if need > half:
                 raise ValueError(f"the box is too small: its smallest width is {2 * half} nm but the model's "
-                                 f"cutoffs need at least {2 * need} nm (twice max(cutoff, electrostatics_cutoff)); "
+                                 f"cutoffs need at least {2 * need} nm (twice the largest of cutoff, electrostatics_cutoff and, with MM atoms, mm_cutoff); "
                                  "use a larger box or build the model with a smaller electrostatics_cutoff")
         if external_field is not None:
             if external_field.shape != (3,) or external_field.dtype != pdtype:

@@ -1,0 +1,126 @@
+// Builds the raw-pointer argument block of the embedding kernels from tensors (any device):
+// the receiver-keyed exclusion CSR and the ML-centric prefilter, both with device-agnostic torch ops.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "embedding_impl.h"
+#include "ops.h"
+
+namespace mlpolar {
+
+// Keeps the tensors that the raw pointers in `args` point into alive.
+template <typename T>
+struct EmbeddingInputs {
+  EmbeddingArgs<T> args;
+  at::Tensor recv_pos, src_pos, coeffs, recv_widths, src_widths, excl_ptr, excl_idx, recv_list, src_list;
+};
+
+// Minimum image of displacements d [n, 3] (double) in a reduced box, as minimum_image() does per pair.
+inline at::Tensor minimum_image_rows(const at::Tensor& d, const std::array<double, 9>& h) {
+  at::Tensor x = d.select(1, 0), y = d.select(1, 1), z = d.select(1, 2);
+  at::Tensor s = at::round(z / h[8]);
+  x = x - s * h[6];
+  y = y - s * h[7];
+  z = z - s * h[8];
+  s = at::round(y / h[4]);
+  x = x - s * h[3];
+  y = y - s * h[4];
+  s = at::round(x / h[0]);
+  x = x - s * h[0];
+  return at::stack({x, y, z}, 1);
+}
+
+// Indices (int32) of the sites of `wide` that can be within `cutoff` of some site of `compact`:
+// those within R + cutoff of the compact set's centroid, R its radius. Everything when the
+// compact set is not compact enough for minimum images about its centroid to be unique.
+inline at::Tensor prefilter(const at::Tensor& compact, const at::Tensor& wide, const c10::optional<std::array<double, 9>>& h,
+                            double cutoff, const c10::optional<at::Tensor>& also) {
+  const auto idx_opts = wide.options().dtype(at::kInt);
+  if (wide.size(0) == 0) return at::empty({0}, idx_opts);
+  if (compact.size(0) == 0) {
+    if (also.has_value()) return at::nonzero(*also).view({-1}).to(at::kInt).contiguous();
+    return at::empty({0}, idx_opts);
+  }
+  at::Tensor c = compact.detach().to(at::kDouble), w = wide.detach().to(at::kDouble);
+  auto image = [&](const at::Tensor& d) { return h.has_value() ? minimum_image_rows(d, *h) : d; };
+  at::Tensor c0 = c.slice(0, 0, 1);
+  at::Tensor centre = c0 + image(c - c0).mean(0, true);
+  at::Tensor radius = image(c - centre).norm(2, 1).max();
+  const double reach = radius.item<double>() + cutoff;
+  if (h.has_value() && reach > 0.5 * std::min({(*h)[0], (*h)[4], (*h)[8]}))
+    return at::arange(wide.size(0), idx_opts);
+  at::Tensor mask = image(w - centre).norm(2, 1) < reach * (1 + 1e-9) + 1e-9;
+  if (also.has_value()) mask = at::logical_or(mask, *also);
+  return at::nonzero(mask).view({-1}).to(at::kInt).contiguous();
+}
+
+template <typename T>
+EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
+                                         const c10::optional<at::Tensor>& recv_widths,
+                                         const c10::optional<at::Tensor>& src_widths, const c10::optional<at::Tensor>& box,
+                                         const at::Tensor& exclusions, double cutoff, double switch_width, double beta,
+                                         int dout) {
+  EmbeddingInputs<T> in;
+  EmbeddingArgs<T>& a = in.args;
+  const int64_t nr = recv_pos.size(0), ns = src_pos.size(0);
+  in.recv_pos = recv_pos.contiguous();
+  in.src_pos = src_pos.contiguous();
+  in.coeffs = coeffs.contiguous();
+  a.n_recv = (int)nr;
+  a.n_src = (int)ns;
+  a.recv_pos = static_cast<const T*>(in.recv_pos.data_ptr());
+  a.src_pos = static_cast<const T*>(in.src_pos.data_ptr());
+  a.coeffs = static_cast<const T*>(in.coeffs.data_ptr());
+  a.din = degree_of_columns(coeffs.size(1), "coeffs");
+  a.dout = dout;
+  if (recv_widths.has_value()) {
+    in.recv_widths = recv_widths->contiguous();
+    a.recv_widths = static_cast<const T*>(in.recv_widths.data_ptr());
+  }
+  if (src_widths.has_value()) {
+    in.src_widths = src_widths->contiguous();
+    a.src_widths = static_cast<const T*>(in.src_widths.data_ptr());
+  }
+  a.cutoff = (T)cutoff;
+  a.cutoff2 = (T)(cutoff * cutoff);
+  a.switch_width = (T)switch_width;
+  a.switch_on = (T)(cutoff - switch_width);
+  a.beta = (T)beta;
+  c10::optional<std::array<double, 9>> h;
+  if (box.has_value()) {
+    h = host_box(*box, cutoff);
+    a.periodic = true;
+    for (int k = 0; k < 9; ++k) a.box[k] = (T)(*h)[k];
+  }
+  // exclusion CSR keyed by receiver (duplicates removed)
+  const auto long_opts = recv_pos.options().dtype(at::kLong);
+  at::Tensor pairs = exclusions.to(long_opts);
+  in.excl_ptr = at::zeros({nr + 1}, long_opts);
+  if (pairs.size(0) > 0) {
+    at::Tensor key = std::get<0>(at::_unique(pairs.select(1, 0) * ns + pairs.select(1, 1), /*sorted=*/true));
+    at::Tensor ri = at::floor_divide(key, ns);
+    in.excl_idx = (key - ri * ns).contiguous();
+    in.excl_ptr.slice(0, 1).copy_(at::cumsum(at::bincount(ri, {}, nr), 0));
+  } else {
+    in.excl_idx = at::zeros({1}, long_opts);
+  }
+  a.excl_ptr = static_cast<const int64_t*>(in.excl_ptr.data_ptr());
+  a.excl_idx = static_cast<const int64_t*>(in.excl_idx.data_ptr());
+  // ML-centric search: the compact (smaller) set selects the sites of the other within reach
+  if (nr <= ns) {
+    in.recv_list = at::arange(nr, recv_pos.options().dtype(at::kInt));
+    in.src_list = prefilter(recv_pos, src_pos, h, cutoff, c10::nullopt);
+  } else {
+    // receivers with exclusions must be visited for their Ewald corrections
+    at::Tensor has_excl = (in.excl_ptr.slice(0, 1) - in.excl_ptr.slice(0, 0, nr)) > 0;
+    in.recv_list = prefilter(src_pos, recv_pos, h, cutoff, has_excl);
+    in.src_list = at::arange(ns, src_pos.options().dtype(at::kInt));
+  }
+  a.recv_list = in.recv_list.numel() ? static_cast<const int*>(in.recv_list.data_ptr()) : nullptr;
+  a.n_recv_list = (int)in.recv_list.numel();
+  a.src_list = in.src_list.numel() ? static_cast<const int*>(in.src_list.data_ptr()) : nullptr;
+  a.n_src_list = (int)in.src_list.numel();
+  return in;
+}
+
+}  // namespace mlpolar

@@ -1,0 +1,140 @@
+// Autograd of embedding_field. As in autograd.cpp the backward is made of forward calls one
+// degree higher, through the dispatcher with autograd on, so the backward is itself
+// differentiable (forces in a training loss, create_graph=True):
+//   V_i = sum_j sum_s c_js R_{t+s}(r_i - r_j)            (receivers i, sources j)
+//   dL/dr_i  = sum_t G_it d/dx_a V_it          = contract_shift(G, field(c, dout + 1))
+//   dL/dc_js = (-1)^|s| W_js, W = field at the sources from the receivers with source
+//              coefficients G' = (-1)^|t| G (the same pair seen from the other end)
+//   dL/dr_j  = contract_shift((-1)^|s| c, field(G', din + 1))
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "multipole_math.h"
+#include "ops.h"
+
+namespace mlpolar {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor call_embedding(const at::Tensor& rp, const at::Tensor& sp, const at::Tensor& c,
+                          const c10::optional<at::Tensor>& rw, const c10::optional<at::Tensor>& sw,
+                          const c10::optional<at::Tensor>& box, const at::Tensor& excl, double cutoff, double width,
+                          double beta, int64_t deg) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mlpolar::embedding_field", "")
+                       .typed<decltype(call_embedding)>();
+  return op.call(rp, sp, c, rw, sw, box, excl, cutoff, width, beta, deg);
+}
+
+// Column indices of t + e_a for every packed t of degree <= d.
+at::Tensor shift_columns(int d, int axis, const at::Device& device) {
+  std::vector<int64_t> idx;
+  for (int dt = 0; dt <= d; ++dt)
+    for (int t1 = dt; t1 >= 0; --t1)
+      for (int t2 = dt - t1; t2 >= 0; --t2) {
+        int t[3] = {t1, t2, dt - t1 - t2};
+        t[axis] += 1;
+        idx.push_back(cidx(t[0], t[1], t[2]));
+      }
+  return at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+// (-1)^{|t|} for every packed t of degree <= d.
+at::Tensor signs(int d, const at::Tensor& like) {
+  std::vector<double> s;
+  for (int dt = 0; dt <= d; ++dt)
+    for (int k = 0; k < (dt + 1) * (dt + 2) / 2; ++k) s.push_back(dt % 2 ? -1.0 : 1.0);
+  return at::tensor(s, at::TensorOptions().dtype(at::kDouble)).to(like.options());
+}
+
+// [n, 3]: sum_t x_t y_{t + e_a}, x of degree d, y of degree >= d + 1.
+at::Tensor shift_contract(const at::Tensor& x, const at::Tensor& y, int d) {
+  std::vector<at::Tensor> cols;
+  for (int a = 0; a < 3; ++a) cols.push_back((x * y.index_select(1, shift_columns(d, a, y.device()))).sum(1));
+  return at::stack(cols, 1);
+}
+
+at::Tensor as_tensor(const c10::optional<at::Tensor>& t, const at::Tensor& like) {
+  return t.has_value() ? *t : at::empty({0}, like.options());
+}
+c10::optional<at::Tensor> as_optional(const at::Tensor& t) {
+  return (t.defined() && t.numel() > 0) ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
+class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rp, const at::Tensor& sp, const at::Tensor& c,
+                            const at::Tensor& rw, const at::Tensor& sw, const at::Tensor& box, const at::Tensor& excl,
+                            double cutoff, double width, double beta, int64_t deg) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({rp, sp, c, rw, sw, box, excl});
+    ctx->saved_data["cutoff"] = cutoff;
+    ctx->saved_data["width"] = width;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["deg"] = deg;
+    if (rp.requires_grad()) {
+      // forces on the receivers will be asked for: one degree more in the same pass
+      at::Tensor F1 = call_embedding(rp, sp, c, as_optional(rw), as_optional(sw), as_optional(box), excl, cutoff,
+                                     width, beta, deg + 1);
+      ctx->saved_data["F1"] = F1;
+      return F1.slice(1, 0, ncart((int)deg)).contiguous();
+    }
+    return call_embedding(rp, sp, c, as_optional(rw), as_optional(sw), as_optional(box), excl, cutoff, width, beta,
+                          deg);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &rp = s[0], &sp = s[1], &c = s[2], &rw = s[3], &sw = s[4], &box = s[5], &excl = s[6];
+    const double cutoff = ctx->saved_data["cutoff"].toDouble(), width = ctx->saved_data["width"].toDouble();
+    const double beta = ctx->saved_data["beta"].toDouble();
+    const int dout = (int)ctx->saved_data["deg"].toInt();
+    const int din = degree_of_columns(c.size(1), "coeffs");
+    variable_list out(11);
+    const at::Tensor G = grads[0];
+    if (!G.defined()) return out;
+    TORCH_CHECK(!(rw.numel() > 0 && ctx->needs_input_grad(3)) && !(sw.numel() > 0 && ctx->needs_input_grad(4)),
+                "mm_features/embedding_field: gradients with respect to the Gaussian widths are not implemented; "
+                "pass widths that do not require grad (e.g. ml_widths.detach())");
+    TORCH_CHECK(!(box.numel() > 0 && ctx->needs_input_grad(5)),
+                "mm_features/embedding_field: gradients with respect to the box are not implemented; pass a box "
+                "that does not require grad (box.detach())");
+    const bool need_rp = ctx->needs_input_grad(0), need_sp = ctx->needs_input_grad(1), need_c = ctx->needs_input_grad(2);
+    // roles swapped: the sources become receivers of the receivers' grad as source coefficients
+    const at::Tensor flipped = excl.flip({1});
+    if (need_rp) {
+      at::Tensor F1;
+      if (!at::GradMode::is_enabled() && ctx->saved_data.count("F1")) {
+        F1 = ctx->saved_data["F1"].toTensor();
+      } else {
+        F1 = call_embedding(rp, sp, c, as_optional(rw), as_optional(sw), as_optional(box), excl, cutoff, width, beta,
+                            dout + 1);
+      }
+      out[0] = shift_contract(G, F1, dout);
+    }
+    if (need_sp || need_c) {
+      const at::Tensor Gp = G * signs(dout, G);
+      const at::Tensor pc = signs(din, c);
+      at::Tensor F2 = call_embedding(sp, rp, Gp, as_optional(sw), as_optional(rw), as_optional(box), flipped, cutoff,
+                                     width, beta, need_sp ? din + 1 : din);
+      if (need_c) out[2] = pc * F2.slice(1, 0, ncart(din));
+      if (need_sp) out[1] = shift_contract(pc * c, F2, din);
+    }
+    return out;
+  }
+};
+
+at::Tensor embedding_autograd(const at::Tensor& rp, const at::Tensor& sp, const at::Tensor& c,
+                              const c10::optional<at::Tensor>& rw, const c10::optional<at::Tensor>& sw,
+                              const c10::optional<at::Tensor>& box, const at::Tensor& excl, double cutoff,
+                              double width, double beta, int64_t deg) {
+  return EmbeddingFunction::apply(rp, sp, c, as_tensor(rw, rp), as_tensor(sw, rp), as_tensor(box, rp), excl, cutoff,
+                                  width, beta, deg);
+}
+
+}  // namespace
+}  // namespace mlpolar
+
+TORCH_LIBRARY_IMPL(mlpolar, Autograd, m) { m.impl("embedding_field", &mlpolar::embedding_autograd); }

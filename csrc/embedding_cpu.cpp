@@ -1,0 +1,131 @@
+// CPU embedding kernel: OpenMP over the receivers that the prefilter kept; each gathers from
+// the selected sources (no atomics, no per-thread copies, no per-pair storage).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "embedding_args.h"
+#include "ops.h"
+#include "realspace_args.h"
+
+namespace mlpolar {
+
+void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
+                          const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
+                          const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
+                          double switch_width, double beta, int64_t deg_out) {
+  TORCH_CHECK(recv_pos.dim() == 2 && recv_pos.size(1) == 3, "recv_positions must have shape [n, 3], got ", recv_pos.sizes());
+  TORCH_CHECK(src_pos.dim() == 2 && src_pos.size(1) == 3, "src_positions must have shape [m, 3], got ", src_pos.sizes());
+  TORCH_CHECK(recv_pos.scalar_type() == at::kFloat || recv_pos.scalar_type() == at::kDouble,
+              "recv_positions must be float32 or float64");
+  const auto dt = recv_pos.scalar_type();
+  const auto dev = recv_pos.device();
+  TORCH_CHECK(src_pos.scalar_type() == dt && coeffs.scalar_type() == dt, "src_positions and coeffs must have the dtype of recv_positions");
+  TORCH_CHECK(src_pos.device() == dev && coeffs.device() == dev, "src_positions and coeffs must be on the device of recv_positions");
+  TORCH_CHECK(coeffs.dim() == 2 && coeffs.size(0) == src_pos.size(0), "coeffs must have shape [m, ncart(d)], m = ",
+              src_pos.size(0), ", got ", coeffs.sizes());
+  const int din = degree_of_columns(coeffs.size(1), "coeffs");
+  TORCH_CHECK(deg_out >= 0 && din + deg_out <= MAX_DEGREE, "total derivative degree ", din + deg_out, " exceeds the supported ", MAX_DEGREE);
+  auto check_w = [&](const c10::optional<at::Tensor>& w, int64_t n, const char* name) {
+    if (!w.has_value()) return;
+    TORCH_CHECK(w->dim() == 1 && w->size(0) == n, name, " must have shape [", n, "]");
+    TORCH_CHECK(w->scalar_type() == dt && w->device() == dev, name, " must have the dtype and device of the positions");
+  };
+  check_w(recv_widths, recv_pos.size(0), "recv_widths");
+  check_w(src_widths, src_pos.size(0), "src_widths");
+  if (box.has_value()) TORCH_CHECK(box->dim() == 2 && box->size(0) == 3 && box->size(1) == 3, "box must have shape [3, 3]");
+  TORCH_CHECK(exclusions.dim() == 2 && exclusions.size(1) == 2 && exclusions.scalar_type() == at::kLong,
+              "exclusions must be an int64 tensor [P, 2] of (receiver, source) pairs");
+  TORCH_CHECK(exclusions.device() == dev, "exclusions must be on the device of the positions");
+  TORCH_CHECK(cutoff > 0, "cutoff must be positive (nm), got ", cutoff);
+  TORCH_CHECK(switch_width >= 0 && switch_width < cutoff, "switch_width must be in [0, cutoff), got ", switch_width);
+  TORCH_CHECK(beta >= 0 && (beta == 0 || box.has_value()), "an Ewald splitting parameter needs a periodic box");
+}
+
+namespace {
+
+template <int L>
+struct EmbeddingLoop {
+  template <typename T>
+  static void run(const EmbeddingArgs<T>& a, T* out) {
+    const int nout = ncart(a.dout);
+    // threads only pay off beyond a few thousand pairs (their start-up costs microseconds)
+    const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
+#pragma omp parallel for schedule(dynamic, 4) if (parallel)
+    for (int k = 0; k < a.n_recv_list; ++k) {
+      const int i = a.recv_list[k];
+      embedding_at_receiver<L>(a, i, out + (int64_t)i * nout);
+    }
+  }
+};
+
+template <int DIN, int DOUT, typename T>
+void embedding_loop_fixed(const EmbeddingArgs<T>& a, T* out) {
+  const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
+#pragma omp parallel for schedule(dynamic, 4) if (parallel)
+  for (int k = 0; k < a.n_recv_list; ++k) {
+    const int i = a.recv_list[k];
+    embedding_at_receiver_fixed<DIN, DOUT>(a, i, out + (int64_t)i * ncart(DOUT));
+  }
+}
+
+// Compile-time degrees for the calls of mm_features and its first and second derivatives.
+template <typename T>
+bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
+#define MLP_CASE(I, O)                  \
+  if (a.din == I && a.dout == O) {      \
+    embedding_loop_fixed<I, O>(a, out); \
+    return true;                        \
+  }
+  MLP_CASE(0, 0) MLP_CASE(0, 1) MLP_CASE(0, 2) MLP_CASE(0, 3) MLP_CASE(0, 4) MLP_CASE(0, 5)
+  MLP_CASE(1, 0) MLP_CASE(2, 0) MLP_CASE(3, 0) MLP_CASE(4, 0)
+  MLP_CASE(1, 1) MLP_CASE(2, 1) MLP_CASE(3, 1) MLP_CASE(4, 1)
+#undef MLP_CASE
+  return false;
+}
+
+}  // namespace
+
+at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
+                               const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
+                               const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
+                               double switch_width, double beta, int64_t deg_out) {
+  check_embedding_args(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions, cutoff, switch_width, beta,
+                       deg_out);
+  at::Tensor out = at::zeros({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
+  AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_field_cpu", [&] {
+    auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions,
+                                              cutoff, switch_width, beta, (int)deg_out);
+    if (!embedding_fixed(in.args, out.data_ptr<scalar_t>()))
+      dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+}  // namespace mlpolar
+
+namespace mlpolar {
+namespace {
+at::Tensor embedding_field_meta(const at::Tensor& recv_pos, const at::Tensor&, const at::Tensor&,
+                                const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                                const c10::optional<at::Tensor>&, const at::Tensor&, double, double, double,
+                                int64_t deg_out) {
+  return at::empty({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
+}
+}  // namespace
+}  // namespace mlpolar
+
+TORCH_LIBRARY_FRAGMENT(mlpolar, m) {
+  // Potential derivatives d^t phi(r_i), |t| <= deg_out, at each receiver i from the sources'
+  // Gaussian (or point) multipoles (packed source coefficients): the MM embedding (receivers =
+  // ML sites, sources = MM charges) and, with the roles swapped, its backward. Pairs inside
+  // `cutoff` (minimum image with a box) with a C4 switch over the last `switch_width`; with
+  // beta > 0 (box needed) the unswitched Ewald real-space kernel minus erf(beta r)/r instead,
+  // plus the removal of erf(beta r)/r for excluded pairs. exclusions: [P, 2] (receiver, source).
+  m.def("embedding_field(Tensor recv_positions, Tensor src_positions, Tensor coeffs, Tensor? recv_widths, "
+        "Tensor? src_widths, Tensor? box, Tensor exclusions, float cutoff, float switch_width, float beta, "
+        "int deg_out) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(mlpolar, CPU, m) { m.impl("embedding_field", &mlpolar::embedding_field_cpu); }
+TORCH_LIBRARY_IMPL(mlpolar, Meta, m) { m.impl("embedding_field", &mlpolar::embedding_field_meta); }
