@@ -133,8 +133,9 @@ def test_openmmml_route_gives_the_same_system(solvated, interpolate):
     params = {LAMBDA: 0.7} if interpolate else None
     Ea, Fa, da = evaluate(ours, c.positions, parameters=params)
     Eb, Fb, db = evaluate(theirs, c.positions, parameters=params)
-    assert Ea == Eb and da == db
-    print("maxdiff", np.abs(Fa - Fb).max())
+    # identical Systems; only the order of threaded reductions in torch may differ between Contexts
+    assert abs(Ea - Eb) <= 1e-10 * abs(Ea)
+    assert all(abs(da[k] - db[k]) <= 1e-10 * abs(Ea) for k in da) and set(da) == set(db)
     np.testing.assert_allclose(Fa, Fb, rtol=0, atol=1e-9 * np.abs(Fa).max())
     with pytest.raises(ValueError, match="exactly one of modelPath"):
         MLPotential("mlpolar")

@@ -18,6 +18,7 @@ def test_nve_energy_conservation():
     fluct_mm = np.abs(total_mm - total_mm[0]).max()
     print(f"NVE {times[-1]:.3f} ps, {case.system.getNumParticles()} atoms: ML/MM max |E - E0| = {fluct:.4f} kJ/mol, "
           f"MM {fluct_mm:.4f} kJ/mol, <KE> = {kinetic.mean():.1f} kJ/mol")
+    print(f"max |E_mlmm - E_mm| = {np.abs(total - total_mm).max():.4f} kJ/mol")
     assert kinetic.mean() > 100.0                   # the system moves
     # the same trajectory (the fixed-charge model is the force field) conserves energy as well as
     # OpenMM's own MM; what is left is the real-space cutoff of PME at tolerance 5e-4 in both
