@@ -1,0 +1,67 @@
+"""Shipped models and how to load them.
+
+    mlpolar.models.available()          # names of the model files shipped in mlpolar/models/shipped/
+    mlpolar.load_model("name")          # one of those
+    mlpolar.load_model("path/to/model.pt")
+
+A shipped model is one file ``shipped/<name>.pt`` written by ``mlpolar.model.save_model``
+(TorchScript archives written by ``torch.jit.save`` load too). The trained polarisable models
+are added there by training (issue 6); until then the list may be empty.
+:class:`~mlpolar.models.fixed_charge.FixedChargeModel` is not a file: it is built from an MM
+System with ``FixedChargeModel.from_system``.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import List, Optional, Union
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+_SUFFIX = ".pt"
+
+
+def available() -> List[str]:
+    """Names of the shipped models (files ``shipped/<name>.pt``), sorted."""
+    if not SHIPPED_DIR.is_dir():
+        return []
+    return sorted(p.name[:-len(_SUFFIX)] for p in SHIPPED_DIR.iterdir() if p.name.endswith(_SUFFIX) and p.is_file())
+
+
+def model_path(name_or_path: Union[str, os.PathLike]) -> Path:
+    """The file of a shipped model name, or the given path if it is a file."""
+    s = str(name_or_path)
+    if s in available():
+        return SHIPPED_DIR / (s + _SUFFIX)
+    p = Path(s).expanduser()
+    if p.is_file():
+        return p
+    names = ", ".join(available()) or "none shipped yet"
+    raise ValueError(f"model {s!r} is neither a shipped model name ({names}) nor an existing file; "
+                     "pass a path written by mlpolar.model.save_model")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") or "/code/" in n
+                   for n in z.namelist())
+
+
+def load_model(name_or_path: Union[str, os.PathLike], map_location: Optional[str] = None):
+    """Load a shipped model by name or a model file by path (mlpolar.model.load_model's format, or
+    a TorchScript archive)."""
+    path = model_path(name_or_path)
+    if _is_torchscript(path):
+        import torch
+        return torch.jit.load(str(path), map_location=map_location)
+    try:
+        from ..model import load_model as _load
+    except ImportError as e:
+        raise RuntimeError(f"loading {path} needs mlpolar.model (the MLPolar model package), which could not be "
+                           f"imported: {e}") from e
+    return _load(str(path), map_location=map_location)
+
+
+__all__ = ["available", "load_model", "model_path", "SHIPPED_DIR"]

@@ -1,0 +1,252 @@
+"""MLPolarForce: an mlpolar model as an OpenMM Force.
+
+The model (docs/interfaces.md) gets the ML atoms' species and positions, the MM atoms' positions
+and force-field charges and the periodic box, and returns the ML energy including *all*
+electrostatics involving the ML atoms (ML-ML and ML-MM, with periodic images). Forces on ML and
+MM atoms are minus the autograd gradient. The System must therefore not count those interactions
+again: build it with :func:`mlpolar.openmm.create_mixed_system`.
+
+Backends:
+- "python" (default): ``openmm.PythonForce``; the model runs in torch on its own device (CPU, or
+  the GPU when the model is on CUDA), whatever platform the Context uses.
+- "torch": ``openmmtorch.TorchForce`` around a TorchScript export; needs an openmm-torch built
+  against this torch, detected at run time (:func:`torchforce_status`).
+"""
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+import openmm
+import openmm.unit as u
+import torch
+
+from . import checks
+
+
+def torchforce_status():
+    """(usable, message): whether openmm-torch can be imported with this torch and OpenMM."""
+    try:
+        import openmmtorch  # noqa: F401
+    except ImportError as e:
+        return False, (f"openmm-torch is not importable ({e}). The PyPI wheel openmmtorch 1.5 is built against an "
+                       f"older torch and does not load with torch {torch.__version__}; build openmm-torch from source "
+                       "against this torch (or use the conda-forge package matching it), or use backend='python'")
+    except OSError as e:
+        return False, (f"openmm-torch failed to load its library ({e}); it was built against a different torch or "
+                       f"OpenMM than torch {torch.__version__} / OpenMM {openmm.__version__}: rebuild it, or use "
+                       "backend='python'")
+    return True, "openmm-torch " + getattr(openmmtorch, "__version__", "?")
+
+
+def _model_device_dtype(model):
+    tensors = list(model.parameters()) + list(model.buffers())
+    floats = [t for t in tensors if t.is_floating_point()]
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise ValueError(f"model has tensors on several devices {sorted(map(str, devices))}; move it with "
+                         "model.to(device)")
+    device = next(iter(devices)) if devices else torch.device("cpu")
+    dtype = floats[0].dtype if floats else torch.float32
+    return device, dtype
+
+
+class _ModelEvaluator:
+    """The PythonForce computation: State -> (energy kJ/mol, forces [N, 3] kJ/mol/nm).
+
+    A top-level class so that the force pickles (XmlSerializer, copy.deepcopy of a System)."""
+
+    def __init__(self, model, n_particles, ml_atoms, mm_atoms, mm_charges, species, charge, multiplicity,
+                 periodic, device, dtype):
+        self.model = model
+        self.n_particles = int(n_particles)
+        self.ml_atoms = list(ml_atoms)
+        self.mm_atoms = list(mm_atoms)
+        self.mm_charges_list = [float(q) for q in mm_charges]
+        self.species_list = [int(z) for z in species]
+        self.charge = float(charge)
+        self.multiplicity = int(multiplicity)
+        self.periodic = bool(periodic)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._setup()
+
+    def _setup(self):
+        d, f = self.device, self.dtype
+        self._ml = torch.tensor(self.ml_atoms, dtype=torch.int64, device=d)
+        self._mm = torch.tensor(self.mm_atoms, dtype=torch.int64, device=d)
+        self._ml_np = np.asarray(self.ml_atoms, dtype=np.int64)
+        self._mm_np = np.asarray(self.mm_atoms, dtype=np.int64)
+        self._species = torch.tensor(self.species_list, dtype=torch.int64, device=d)
+        self._mm_q = torch.tensor(self.mm_charges_list, dtype=f, device=d)
+        self._total_charge = torch.tensor([self.charge], dtype=f, device=d)
+        self._mult = torch.tensor([self.multiplicity], dtype=torch.int64, device=d)
+
+    def evaluate(self, positions: torch.Tensor, box: Optional[torch.Tensor]):
+        """Energy and gradients for positions [N, 3] (nm) in the model's dtype on its device."""
+        ml = positions[self._ml].detach().requires_grad_(True)
+        mm = positions[self._mm].detach().requires_grad_(True) if len(self.mm_atoms) else None
+        out = self.model(self._species, ml, self._total_charge, self._mult, None, mm,
+                         self._mm_q if mm is not None else None, box, None, None)
+        energy = out["energy"]
+        grads = torch.autograd.grad(energy, [ml] if mm is None else [ml, mm])
+        return energy.detach(), grads
+
+    def __call__(self, state):
+        pos = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        x = torch.as_tensor(np.asarray(pos), dtype=self.dtype, device=self.device)
+        box = None
+        if self.periodic:
+            b = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+            box = torch.as_tensor(np.asarray(b), dtype=self.dtype, device=self.device)
+        energy, grads = self.evaluate(x, box)
+        forces = np.zeros((self.n_particles, 3))
+        forces[self._ml_np] = -grads[0].double().cpu().numpy()
+        if len(grads) > 1:
+            forces[self._mm_np] = -grads[1].double().cpu().numpy()
+        return float(energy), forces
+
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_") and k != "model"}
+        buf = io.BytesIO()
+        if isinstance(self.model, torch.jit.ScriptModule):
+            torch.jit.save(self.model, buf)
+            state["_scripted"] = True
+        else:
+            torch.save(self.model, buf)
+            state["_scripted"] = False
+        state["_model_bytes"] = buf.getvalue()
+        state["device"] = str(self.device)
+        return state
+
+    def __setstate__(self, state):
+        buf = io.BytesIO(state.pop("_model_bytes"))
+        scripted = state.pop("_scripted")
+        self.__dict__.update(state)
+        self.device = torch.device(state["device"])
+        self.model = torch.jit.load(buf, map_location=self.device) if scripted else \
+            torch.load(buf, map_location=self.device, weights_only=False)
+        self._setup()
+
+
+def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True):
+    """Check the inputs and build the evaluator (shared by both backends and by tests)."""
+    if not isinstance(system, openmm.System):
+        raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module following the mlpolar model interface, got "
+                        f"{type(model).__name__}; load one with mlpolar.load_model")
+    n = system.getNumParticles()
+    atoms = checks.ml_atom_list(ml_atoms, n)
+    species = checks.species_of(atoms, system, topology)
+    checks.check_elements(species, atoms, model)
+    checks.check_charge_multiplicity(species, charge, multiplicity)
+    checks.check_no_link_bonds(atoms, system, topology)
+    nb = checks.nonbonded_force(system, required=embed and len(atoms) < n,
+                                why="to read the MM charges that polarise the ML region")
+    mlset = set(atoms)
+    mm_atoms, mm_q = [], []
+    if nb is not None and embed:
+        for i in range(n):
+            if i in mlset:
+                continue
+            q = nb.getParticleParameters(i)[0].value_in_unit(u.elementary_charge)
+            if q != 0.0:   # uncharged MM particles do not enter the embedding
+                mm_atoms.append(i)
+                mm_q.append(q)
+    periodic = system.usesPeriodicBoundaryConditions()
+    cutoff = getattr(model, "mm_cutoff", None)
+    if periodic and cutoff is not None:
+        checks.check_cutoff_box(float(cutoff), system)
+    model_device, dtype = _model_device_dtype(model)
+    if device is None:
+        device = model_device
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"the model is on {device} but torch sees no CUDA device here; move it with "
+                         "model.to('cpu') or run where a GPU is available")
+    if device != model_device and model_device.type != "meta":
+        raise ValueError(f"device={device} differs from the model's device {model_device}; move the model with "
+                         f"model.to('{device}') first (or leave device=None)")
+    return _ModelEvaluator(model, n, atoms, mm_atoms, mm_q, species, charge, multiplicity, periodic, device, dtype)
+
+
+class MLPolarForce(openmm.PythonForce):
+    """An mlpolar model as an OpenMM Force, for ``system.addForce(...)``.
+
+    Args:
+        model: a model following docs/interfaces.md (``mlpolar.load_model(...)``, or
+            :class:`mlpolar.models.fixed_charge.FixedChargeModel`).
+        ml_atoms: indices of the ML atoms; the model's atom i is ``ml_atoms[i]``.
+        system: the System the force goes into (its NonbondedForce gives the MM charges; its
+            periodicity makes the force periodic).
+        charge, multiplicity: total charge (e) and spin multiplicity 2S+1 of the ML region.
+        topology: optional; elements and bonds from it (else elements from masses, bonds from the
+            System's HarmonicBondForce and constraints).
+        embed: pass the MM charges to the model (electrostatic embedding). False: the model sees
+            the ML atoms only (mechanical embedding, openmm-ml's "mechanical").
+        device: where the model runs; default the model's device.
+        backend: "python" (openmm.PythonForce) or "torch" (openmmtorch.TorchForce, which needs a
+            compatible openmm-torch; otherwise a RuntimeError saying why). With "torch" the
+            returned object is a TorchForce.
+
+    The electrostatic embedding is complete only if the System no longer counts ML-involving
+    electrostatics, ML-ML Lennard-Jones and intra-ML bonded terms: use create_mixed_system.
+    """
+
+    def __new__(cls, model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None,
+                backend="python", embed=True):
+        if backend not in ("python", "torch"):
+            raise ValueError(f"backend must be 'python' or 'torch', got {backend!r}")
+        if backend == "torch":
+            return _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+        return super().__new__(cls)
+
+    def __init__(self, model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None,
+                 backend="python", embed=True):
+        evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+        super().__init__(evaluator, {})
+        self.setUsesPeriodicBoundaryConditions(evaluator.periodic)
+        self.setName("MLPolarForce")
+        self.evaluator = evaluator
+
+
+class _TorchForceModule(torch.nn.Module):
+    """TorchForce wrapper: (positions [N,3], box [3,3]) -> energy, for torch.jit.script."""
+
+    def __init__(self, model, evaluator: _ModelEvaluator):
+        super().__init__()
+        self.model = model
+        self.periodic = evaluator.periodic
+        self.register_buffer("ml", evaluator._ml)
+        self.register_buffer("mm", evaluator._mm)
+        self.register_buffer("species", evaluator._species)
+        self.register_buffer("mm_q", evaluator._mm_q)
+        self.register_buffer("total_charge", evaluator._total_charge)
+        self.register_buffer("mult", evaluator._mult)
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = positions.to(self.mm_q.dtype)
+        b: Optional[torch.Tensor] = None
+        if self.periodic and box is not None:
+            b = box.to(self.mm_q.dtype)
+        out = self.model(self.species, x[self.ml], self.total_charge, self.mult, None, x[self.mm], self.mm_q, b,
+                         None, None)
+        return out["energy"]
+
+
+def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed):
+    ok, message = torchforce_status()
+    if not ok:
+        raise RuntimeError("backend='torch' is not available: " + message)
+    import openmmtorch
+    evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+    try:
+        module = torch.jit.script(_TorchForceModule(model, evaluator))
+    except Exception as e:  # TorchScript reports many error types
+        raise RuntimeError(f"backend='torch' needs a TorchScript-able model; scripting failed: {e}") from e
+    force = openmmtorch.TorchForce(module)
+    force.setUsesPeriodicBoundaryConditions(evaluator.periodic)
+    force.setName("MLPolarForce")
+    return force
