@@ -20,6 +20,7 @@ with H-bond constraints); optional MonteCarloBarostat. Units: nm, ps, K, kJ/mol.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -242,8 +243,8 @@ def run_md(topology: app.Topology, system: openmm.System, positions, outdir,
             raise ValueError(f"steps={cfg.steps} is fewer than the {saved['step']} already run")
         resumed_from = int(saved["step"])
 
-    system = openmm.XmlSerializer.clone(system) if hasattr(openmm.XmlSerializer, "clone") \
-        else openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    if cfg.pressure_bar is not None or box_vectors is not None:
+        system = copy.deepcopy(system)  # the caller's System stays as it was
     if cfg.pressure_bar is not None:
         baro = openmm.MonteCarloBarostat(cfg.pressure_bar * u.bar, cfg.temperature_K * u.kelvin,
                                          25)
