@@ -214,6 +214,7 @@ def run_md(topology: app.Topology, system: openmm.System, positions, outdir,
     """
     cfg = config or MDConfig()
     cfg.validate()
+    platform = make_platform(cfg.platform)
     pos = np.asarray(positions, dtype=float)
     if pos.shape != (system.getNumParticles(), 3):
         raise ValueError(f"positions has shape {pos.shape}; expected "
@@ -252,7 +253,7 @@ def run_md(topology: app.Topology, system: openmm.System, positions, outdir,
         system.addForce(baro)
     if box_vectors is not None:
         system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*v) for v in np.asarray(box_vectors)])
-    sim = app.Simulation(topology, system, make_integrator(cfg), make_platform(cfg.platform),
+    sim = app.Simulation(topology, system, make_integrator(cfg), platform,
                          cfg.platform_properties or None)
     ctx = sim.context
     for k, v in params.items():
