@@ -243,6 +243,7 @@ def analyse(outdir, leg_names: Sequence[str], cfg: FEConfig,
                              n_effective=m["n_effective"].tolist(),
                              n_samples=int(u_kln.shape[2]),
                              overlap_min_offdiagonal=float(np.min(np.diag(m["overlap"], 1))),
+                             overlap=np.round(m["overlap"], 6).tolist(),
                              sampled_ns_per_window=cfg.n_samples * cfg.steps_per_sample
                              * cfg.timestep_ps * 1e-3)
             dudl = np.array([np.mean(w["dudl_n"]) for w in windows])

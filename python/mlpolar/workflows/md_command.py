@@ -49,6 +49,9 @@ def command(a: argparse.Namespace) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"mlpolar md: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # e.g. a model file whose package is missing
+        print(f"mlpolar md: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(a) -> int:
