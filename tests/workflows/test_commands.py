@@ -70,9 +70,9 @@ def test_fe_command_on_a_serialised_system(tmp_path, capsys):
     with open(pdb, "w") as fh:
         app.PDBFile.writeFile(top, start_positions(4) * 10 * u.angstrom, fh)
     out = tmp_path / "fe"
-    rc = main(["fe", "--system-xml", str(xml), "--pdb", str(pdb), "--lambdas", "4",
+    rc = main(["fe", "--system-xml", str(xml), "--pdb", str(pdb), "--lambdas", "3",
                "--samples", "150", "--steps-per-sample", "50", "--equilibration-steps", "100",
-               "--forward", "10", "--reverse", "10", "--switching-steps", "100",
+               "--forward", "6", "--reverse", "6", "--switching-steps", "100",
                "--switch-equilibration-steps", "100", "--friction", "10", "--no-minimise",
                "--platform", "Reference", "--workers", "1", "--output", str(out),
                "--no-progress"])

@@ -12,8 +12,8 @@ from harmonic import PARAM, exact_dg_kT, harmonic_system, start_positions
 from mlpolar.workflows import fe_tasks
 from mlpolar.workflows.fe import FEConfig, Leg, run_fe
 
-KW = dict(lambdas=list(np.linspace(0, 1, 5)), n_samples=300, steps_per_sample=50,
-          equilibration_steps=200, n_forward=30, n_reverse=30, switching_steps=200,
+KW = dict(lambdas=list(np.linspace(0, 1, 4)), n_samples=300, steps_per_sample=50,
+          equilibration_steps=200, n_forward=20, n_reverse=20, switching_steps=200,
           switch_equilibration_steps=200, friction_per_ps=10.0, minimise=False,
           platform="Reference", progress=False)
 
@@ -49,7 +49,7 @@ def test_estimates_match_exact_free_energy(campaign):
     for f in ("wide-overlap.png", "wide-convergence.png", "wide-work.png", "results.csv",
               "results.json", "campaign.json"):
         assert (out / f).stat().st_size > 0
-    assert len(list((out / "tasks").glob("*.npz"))) == 2 * (5 + 30 + 30)
+    assert len(list((out / "tasks").glob("*.npz"))) == 2 * (4 + 20 + 20)
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("leg,method,dG_kJ_per_mol") and len(rows) == 1 + 2 * 4 + 2
 
@@ -58,7 +58,7 @@ def test_resume_runs_nothing_and_reproduces(campaign, client):
     out, legs, res = campaign
     res2 = run_fe(legs, out, FEConfig(**KW), client=client, difference=("wide", "narrow"),
                   log=lambda *a: None)
-    assert res2["tasks"]["new"] == 0 and res2["tasks"]["total"] == 130
+    assert res2["tasks"]["new"] == 0 and res2["tasks"]["total"] == 88
     assert res2["legs"]["wide"]["mbar"]["dg"] == res["legs"]["wide"]["mbar"]["dg"]
     # a missing task file is re-run, reproducing the same numbers (seeded, Reference)
     f = out / "tasks" / "wide-window-002.npz"
