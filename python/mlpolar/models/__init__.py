@@ -53,15 +53,21 @@ def load_model(name_or_path: Union[str, os.PathLike], map_location: Optional[str
     """Load a shipped model by name or a model file by path (mlpolar.model.load_model's format, or
     a TorchScript archive)."""
     path = model_path(name_or_path)
-    if _is_torchscript(path):
-        import torch
-        return torch.jit.load(str(path), map_location=map_location)
     try:
         from ..model import load_model as _load
     except ImportError as e:
+        _load, why = None, e
+    if _load is not None:
+        try:
+            return _load(str(path), map_location=map_location)
+        except (ValueError, RuntimeError):
+            if not _is_torchscript(path):
+                raise
+    elif not _is_torchscript(path):
         raise RuntimeError(f"loading {path} needs mlpolar.model (the MLPolar model package), which could not be "
-                           f"imported: {e}") from e
-    return _load(str(path), map_location=map_location)
+                           f"imported: {why}")
+    import torch
+    return torch.jit.load(str(path), map_location=map_location)
 
 
 __all__ = ["available", "load_model", "model_path", "SHIPPED_DIR"]

@@ -139,10 +139,10 @@ def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topolog
                         f"{type(model).__name__}; load one with mlpolar.load_model")
     n = system.getNumParticles()
     atoms = checks.ml_atom_list(ml_atoms, n)
+    checks.check_no_link_bonds(atoms, system, topology)
     species = checks.species_of(atoms, system, topology)
     checks.check_elements(species, atoms, model)
     checks.check_charge_multiplicity(species, charge, multiplicity)
-    checks.check_no_link_bonds(atoms, system, topology)
     nb = checks.nonbonded_force(system, required=embed and len(atoms) < n,
                                 why="to read the MM charges that polarise the ML region")
     mlset = set(atoms)

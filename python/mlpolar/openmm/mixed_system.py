@@ -13,9 +13,9 @@ With ``interpolate=True`` the System carries the global parameter ``lambda_inter
 
     E(lambda) = E_common + lambda * (E_model + E_NB,mixed) + (1 - lambda) * (E_bonded,ML + E_NB,MM)
 
-through one CustomCVForce (openmm-ml's InterpolationHelper: because the charges differ, the mixed
-and the original NonbondedForce are both collective variables, so interpolation costs a second
-NonbondedForce evaluation). E is linear in lambda, so
+through two CustomCVForces (the mixed and the original NonbondedForce are both collective
+variables, as in openmm-ml's InterpolationHelper, so interpolation costs a second NonbondedForce
+evaluation). E is linear in lambda, so
 dE/dlambda = E_ML/MM - E_MM exactly, reported by State.getEnergyParameterDerivatives(); lambda = 0
 is the original MM energy, lambda = 1 the ML/MM one. (Charge offsets on one NonbondedForce would be
 cheaper but make the ML-ML image interactions quadratic in lambda.)
@@ -58,6 +58,11 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
                          "particles; pass the matching pair")
     atoms = checks.ml_atom_list(ml_atoms, system.getNumParticles())
     checks.nonbonded_force(system, required=True, why="to remove the ML atoms' charges and ML-ML pairs")
+    # All checks of the force (elements, charge/multiplicity, link bonds, cutoff vs box, device) run
+    # before the System surgery.
+    force = MLPolarForce(model, atoms, system, charge, multiplicity, topology=topology, device=device,
+                         backend=backend)
+    force.setForceGroup(force_group)
     mlset = set(atoms)
     nb0 = checks.nonbonded_force(system, True, "")
     for k in range(nb0.getNumExceptions()):
@@ -66,11 +71,6 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
             raise ValueError(f"NonbondedForce exception {k} between ML atom and MM atom ({i}, {j}) has a nonzero "
                              "charge product; the model treats every ML-MM pair as a full Coulomb interaction, so "
                              "such scaled pairs cannot be represented: move both atoms to one region")
-    # All checks of the force (elements, charge/multiplicity, link bonds, cutoff vs box, device) run
-    # before the System surgery.
-    force = MLPolarForce(model, atoms, system, charge, multiplicity, topology=topology, device=device,
-                         backend=backend)
-    force.setForceGroup(force_group)
 
     mixed = mlutil.removeBonds(system, topology, atoms, True)
     for f in mixed.getForces():
@@ -95,18 +95,28 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         mixed.addForce(force)
         return mixed
 
-    helper = mlutil.InterpolationHelper(LAMBDA)
-    helper.addMLTerm(force)
-    helper.addMMBondedTerms(system, topology, atoms)
-    # Both NonbondedForces become collective variables unchanged. (openmm-ml's setupNonbonded also
-    # turns the ML-ML pairs of the MM force into exceptions, which drops their LJ switch and cutoff,
-    # so lambda = 0 would not be the original System exactly.)
+    # Two CustomCVForces, each with its own inner Context: the CPU and CUDA platforms demand identical
+    # exclusions of all nonbonded forces in one Context, and the mixed and original NonbondedForces
+    # differ exactly there (openmm-ml's InterpolationHelper aligns them by turning ML-ML pairs into
+    # exceptions, which drops their LJ switch and cutoff: lambda = 0 would not be the MM System).
     index = next(k for k, f in enumerate(mixed.getForces()) if isinstance(f, openmm.NonbondedForce))
-    helper.addMLTerm(copy.deepcopy(mixed.getForce(index)))
-    helper.addMMTerm(copy.deepcopy(checks.nonbonded_force(system, True, "")))
+    ml_term = openmm.CustomCVForce(f"{LAMBDA}*(model + nonbonded)")
+    ml_term.addCollectiveVariable("model", force)
+    ml_term.addCollectiveVariable("nonbonded", copy.deepcopy(mixed.getForce(index)))
     mixed.removeForce(index)
-    helper.setupInterpolation(mixed)
-    cv = helper.cvForce
-    cv.addEnergyParameterDerivative(LAMBDA)
-    cv.setForceGroup(force_group)
+    mm_names, mm_forces = ["nonbonded"], [copy.deepcopy(checks.nonbonded_force(system, True, ""))]
+    bonded = mlutil.removeBonds(system, topology, atoms, False)   # the intra-ML bonded terms only
+    for f in bonded.getForces():
+        if hasattr(f, "addBond") or hasattr(f, "addAngle") or hasattr(f, "addTorsion"):
+            mm_names.append(f"bonded{len(mm_names)}")
+            mm_forces.append(copy.deepcopy(f))
+    mm_term = openmm.CustomCVForce(f"(1-{LAMBDA})*({'+'.join(mm_names)})")
+    for name, f in zip(mm_names, mm_forces):
+        mm_term.addCollectiveVariable(name, f)
+    for term, name in ((ml_term, "MLPolarInterpolationML"), (mm_term, "MLPolarInterpolationMM")):
+        term.addGlobalParameter(LAMBDA, 1.0)
+        term.addEnergyParameterDerivative(LAMBDA)
+        term.setForceGroup(force_group)
+        term.setName(name)
+        mixed.addForce(term)
     return mixed

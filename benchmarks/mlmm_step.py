@@ -1,0 +1,137 @@
+"""ML/MM step time: electrostatic embedding (mlpolar) against mechanical embedding (openmm-ml's
+"mechanical" with the same model) and pure MM, on systems from openmmtools' data folder.
+
+Systems: alanine dipeptide in TIP3P (ML = the dipeptide, 22 atoms); CB7-B2 host-guest in TIP3P
+(ML = the B2 guest); DHFR JAC (23,558 atoms; ML = the 17 waters nearest the protein's centre, 51
+atoms: whole molecules, as link atoms are not supported yet).
+Models: the fixed-charge model (mlpolar.models.fixed_charge, the force field's own ML-region
+terms) and a small untrained MLPolar (mlpolar.model) when it can run the configuration.
+
+    PYTHONPATH=python python benchmarks/mlmm_step.py --steps 5 --out benchmarks/results/mlmm_step_cpu.csv
+
+Writes one CSV row per (system, method, model) as it goes; rows already in the CSV are skipped, so
+an interrupted run resumes. Timings: wall-clock ms per VerletIntegrator step (0.5 fs) after one
+warm-up step, CPU platform (CUDA platform and ns/day when a GPU is present).
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from mlpolar.models.fixed_charge import FixedChargeModel  # noqa: E402
+from mlpolar.openmm import create_mixed_system  # noqa: E402
+
+FIELDS = ["system", "atoms", "ml_atoms", "method", "model", "platform", "threads", "ms_per_step", "cpu_ms_per_step",
+          "ns_per_day", "note"]
+
+
+def load_system(name):
+    from openmmtools import testsystems as ts
+    if name == "alanine_dipeptide_water":
+        t = ts.AlanineDipeptideExplicit(constraints=None)
+        ml = [a.index for a in t.topology.atoms() if a.residue.name != "HOH"]
+    elif name == "cb7_b2_water":
+        t = ts.HostGuestExplicit(constraints=None)
+        residues = list(t.topology.residues())
+        guest = residues[1]        # residue 0 is the CB7 host, 1 the B2 guest
+        ml = [a.index for a in guest.atoms()]
+    elif name == "dhfr_jac":
+        t = ts.DHFRExplicit(constraints=None)
+        x = np.asarray(t.positions.value_in_unit(u.nanometer))
+        protein = [a.index for a in t.topology.atoms() if a.residue.name not in ("HOH", "WAT", "NA", "CL")]
+        centre = x[protein].mean(0)
+        waters = [r for r in t.topology.residues() if r.name in ("HOH", "WAT")]
+        oxygen = [next(a for a in r.atoms() if a.element.symbol == "O") for r in waters]
+        order = np.argsort([np.linalg.norm(x[o.index] - centre) for o in oxygen])[:17]
+        ml = sorted(a.index for k in order for a in waters[k].atoms())
+    else:
+        raise ValueError(f"unknown system {name}")
+    return t, ml
+
+
+def time_steps(system, positions, steps, platform):
+    integrator = openmm.VerletIntegrator(0.5 * u.femtosecond)
+    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(positions)
+    ctx.setVelocitiesToTemperature(300 * u.kelvin, 1)
+    integrator.step(1)
+    t0, c0 = time.perf_counter(), time.process_time()
+    integrator.step(steps)
+    ctx.getState(getEnergy=True)
+    ms = 1000.0 * (time.perf_counter() - t0) / steps
+    # process CPU time (all threads): robust to other jobs on a shared machine, unlike wall time
+    cpu_ms = 1000.0 * (time.process_time() - c0) / steps
+    return ms, cpu_ms, 0.5e-6 * 86400e3 / ms   # ns/day at 0.5 fs
+
+
+def tiny_mlpolar():
+    from mlpolar.model import MLPolar, MLPolarConfig
+    torch.manual_seed(0)
+    return MLPolar(MLPolarConfig(elements=[1, 6, 7, 8], channels=32, layers=2)).double()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--systems", nargs="+", default=["alanine_dipeptide_water", "cb7_b2_water", "dhfr_jac"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results/mlmm_step_cpu.csv")
+    args = p.parse_args()
+    from openmmml import MLPotential
+    platform = "CUDA" if torch.cuda.is_available() else "CPU"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        with out.open() as f:
+            done = {(r["system"], r["method"], r["model"]) for r in csv.DictReader(f)}
+    new = not out.exists()
+    with out.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        for name in args.systems:
+            t, ml = load_system(name)
+            n = t.system.getNumParticles()
+            models = {"fixed-charge": FixedChargeModel.from_system(t.system, ml)}
+            try:
+                models["mlpolar-tiny"] = tiny_mlpolar()
+            except ImportError as e:
+                print(f"mlpolar.model not importable ({e}); fixed-charge model only")
+            runs = [("mm", "-", None)]
+            for mname in models:
+                runs += [("mechanical", mname, "mechanical"), ("electrostatic", mname, "electrostatic")]
+            for method, mname, kind in runs:
+                if (name, method, mname) in done:
+                    continue
+                note = ""
+                try:
+                    if kind is None:
+                        system = t.system
+                    elif kind == "mechanical":
+                        system = MLPotential("mlpolar", model=models[mname]).createMixedSystem(t.topology, t.system, ml)
+                    else:
+                        system = create_mixed_system(t.topology, t.system, ml, models[mname])
+                    ms, cpu_ms, nsday = time_steps(system, t.positions, args.steps, platform)
+                except Exception as e:   # record what could not run, keep going
+                    ms = cpu_ms = nsday = float("nan")
+                    note = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
+                row = dict(system=name, atoms=n, ml_atoms=len(ml), method=method, model=mname, platform=platform,
+                           threads=torch.get_num_threads(), ms_per_step=f"{ms:.1f}", cpu_ms_per_step=f"{cpu_ms:.1f}", ns_per_day=f"{nsday:.4f}",
+                           note=note)
+                writer.writerow(row)
+                f.flush()
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

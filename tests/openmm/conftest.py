@@ -1,0 +1,33 @@
+"""Fixtures of the OpenMM-layer tests (helpers in mlmm_cases.py)."""
+import pytest
+
+from mlmm_cases import Case
+
+
+@pytest.fixture(scope="session")
+def solvated():
+    """2269 atoms, PME at OpenMM's default tolerance (fast)."""
+    from openmmtools.testsystems import AlanineDipeptideExplicit
+    return Case(AlanineDipeptideExplicit(constraints=None, ewaldErrorTolerance=5e-4))
+
+
+@pytest.fixture(scope="session")
+def solvated_tight():
+    """The same with ewaldErrorTolerance 1e-6, where OpenMM's and mlpolar's PME agree closely."""
+    from openmmtools.testsystems import AlanineDipeptideExplicit
+    return Case(AlanineDipeptideExplicit(constraints=None, ewaldErrorTolerance=1e-6))
+
+
+@pytest.fixture(scope="session")
+def open_water():
+    """The solvated dipeptide without periodic boundaries (NoCutoff): open-boundary ML/MM."""
+    import openmm.app as app
+    from openmmtools.testsystems import AlanineDipeptideExplicit
+    return Case(AlanineDipeptideExplicit(constraints=None, nonbondedMethod=app.NoCutoff))
+
+
+@pytest.fixture(scope="session")
+def vacuum():
+    """The dipeptide alone: every atom ML."""
+    from openmmtools.testsystems import AlanineDipeptideVacuum
+    return Case(AlanineDipeptideVacuum(constraints=None))

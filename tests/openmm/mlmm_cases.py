@@ -1,0 +1,92 @@
+"""Shared systems for the OpenMM-layer tests: alanine dipeptide (openmmtools data) in vacuum and in
+TIP3P water (PME, tight Ewald tolerance so that OpenMM's and mlpolar's PME agree closely)."""
+import numpy as np
+import openmm
+import openmm.unit as u
+
+import mlpolar.openmm  # noqa: F401  (registers the openmm-ml plugin)
+from mlpolar.models.fixed_charge import FixedChargeModel
+
+
+class Case:
+    def __init__(self, testsystem):
+        self.topology = testsystem.topology
+        self.system = testsystem.system
+        self.positions = np.asarray(testsystem.positions.value_in_unit(u.nanometer))
+        self.ml_atoms = [a.index for a in self.topology.atoms() if a.residue.name != "HOH"]
+        self.model = FixedChargeModel.from_system(self.system, self.ml_atoms)
+
+
+def evaluate(system, positions, platform="Reference", parameters=None, groups=-1, box=None):
+    """(energy kJ/mol, forces [N,3] kJ/mol/nm, {parameter: dE/dp}) from a fresh Context."""
+    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName(platform))
+    if box is not None:
+        ctx.setPeriodicBoxVectors(*box)
+    ctx.setPositions(positions)
+    for k, v in (parameters or {}).items():
+        ctx.setParameter(k, v)
+    s = ctx.getState(getEnergy=True, getForces=True, getParameterDerivatives=bool(parameters), groups=groups)
+    derivs = dict(s.getEnergyParameterDerivatives()) if parameters else {}
+    return (s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+            s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer), derivs)
+
+
+def context(system, positions, platform="Reference"):
+    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(positions)
+    return ctx
+
+
+def state_values(ctx, parameters=None, groups=-1):
+    """(energy, forces, {parameter: dE/dp}) of a Context after setting global parameters."""
+    for k, v in (parameters or {}).items():
+        ctx.setParameter(k, v)
+    s = ctx.getState(getEnergy=True, getForces=True, getParameterDerivatives=bool(parameters), groups=groups)
+    derivs = dict(s.getEnergyParameterDerivatives()) if parameters else {}
+    return (s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+            s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer), derivs)
+
+
+def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4):
+    """Alanine dipeptide (openmmtools data) in a small cubic TIP3P box, Amber14, PME, flexible solute,
+    rigid water, minimised with the MM force field. Returns a Case."""
+    import openmm.app as app
+    from openmmtools.testsystems import AlanineDipeptideVacuum
+    vac = AlanineDipeptideVacuum()
+    ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
+    modeller = app.Modeller(vac.topology, vac.positions)
+    modeller.addSolvent(ff, boxSize=openmm.Vec3(box_nm, box_nm, box_nm) * u.nanometer)
+    system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=cutoff_nm * u.nanometer,
+                             constraints=None, rigidWater=True, ewaldErrorTolerance=tolerance)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("CPU"))
+    ctx.setPositions(modeller.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 500)
+    positions = ctx.getState(getPositions=True).getPositions()
+
+    class T:
+        pass
+    t = T()
+    t.topology, t.system, t.positions = modeller.topology, system, positions
+    return Case(t)
+
+
+def nve_run(case, steps, report_every, dt_fs=0.5, temperature=300.0, platform="CPU", seed=11, mlmm=True):
+    """Velocity-Verlet NVE of the ML/MM System of a Case (or of its MM System with mlmm=False);
+    (times ps, total energies, kinetic energies)."""
+    from mlpolar.openmm import create_mixed_system
+    mixed = create_mixed_system(case.topology, case.system, case.ml_atoms, case.model) if mlmm else case.system
+    integrator = openmm.VerletIntegrator(dt_fs * u.femtosecond)
+    ctx = openmm.Context(mixed, integrator, openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(case.positions)
+    ctx.setVelocitiesToTemperature(temperature * u.kelvin, seed)
+    ctx.applyVelocityConstraints(1e-10)
+    times, total, kinetic = [], [], []
+    for k in range(steps // report_every + 1):
+        if k:
+            integrator.step(report_every)
+        s = ctx.getState(getEnergy=True)
+        ke = s.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        times.append(s.getTime().value_in_unit(u.picosecond))
+        total.append(ke + s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
+        kinetic.append(ke)
+    return np.array(times), np.array(total), np.array(kinetic)

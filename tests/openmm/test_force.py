@@ -1,0 +1,213 @@
+"""MLPolarForce inside OpenMM Contexts: equality with direct model evaluation, finite differences,
+checkpoint/restart, serialisation, the openmm-ml route, and the MLPolar model (vacuum)."""
+import copy
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import pytest
+import torch
+
+from mlpolar.openmm import LAMBDA, MLPolarForce, create_mixed_system
+
+from mlmm_cases import context, evaluate, state_values
+
+
+def _grouped(mixed):
+    """The MLPolarForce alone in force group 1."""
+    for f in mixed.getForces():
+        f.setForceGroup(1 if isinstance(f, openmm.PythonForce) else 0)
+    return mixed
+
+
+def _direct(case, model, periodic):
+    """Energy and forces [N, 3] of the model called directly (autograd), MM charges from the System."""
+    nb = next(f for f in case.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    ml = case.ml_atoms
+    mm = [i for i in range(case.system.getNumParticles()) if i not in set(ml)
+          and nb.getParticleParameters(i)[0]._value != 0.0]
+    q = torch.tensor([nb.getParticleParameters(i)[0]._value for i in mm], dtype=torch.float64)
+    x = torch.tensor(case.positions, dtype=torch.float64, requires_grad=True)
+    box = None
+    if periodic:
+        box = torch.tensor([[v.value_in_unit(u.nanometer) for v in b] for b in [
+            case.system.getDefaultPeriodicBoxVectors()[k] for k in range(3)]], dtype=torch.float64)
+    species = torch.tensor([a.element.atomic_number for a in case.topology.atoms()])[ml]
+    out = model(species, x[ml], torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.int64), None,
+                x[mm] if mm else None, q if mm else None, box, None, None)
+    (g,) = torch.autograd.grad(out["energy"], [x])
+    return float(out["energy"].detach()), -g.numpy()
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+@pytest.mark.parametrize("case", ["open_water", "solvated"])
+def test_context_equals_direct_evaluation(case, platform, request):
+    c = request.getfixturevalue(case)
+    mixed = _grouped(create_mixed_system(c.topology, c.system, c.ml_atoms, c.model))
+    E, F, _ = evaluate(mixed, c.positions, platform, groups={1})
+    E_ref, F_ref = _direct(c, c.model, c.system.usesPeriodicBoundaryConditions())
+    assert abs(E - E_ref) <= 1e-9 * abs(E_ref) + 1e-9
+    np.testing.assert_allclose(F, F_ref, rtol=0, atol=1e-8 * np.abs(F_ref).max())
+    assert np.abs(F_ref[[i for i in range(len(F_ref)) if i not in set(c.ml_atoms)]]).max() > 1.0 
+
+
+@pytest.mark.parametrize("case, h", [("open_water", 1e-4), ("solvated_tight", 1e-3)])
+def test_forces_match_finite_differences(case, h, request):
+    """Central differences of the Context energy (MLPolarForce group). Under PBC the real-space cutoff
+    makes the energy jump by ~tolerance when pairs cross it, hence the tight-tolerance system."""
+    c = request.getfixturevalue(case)
+    mixed = _grouped(create_mixed_system(c.topology, c.system, c.ml_atoms, c.model))
+    ctx = context(mixed, c.positions)
+    _, F, _ = state_values(ctx, groups={1})
+    # an ML atom and the MM atom nearest to it
+    d = np.linalg.norm(c.positions - c.positions[c.ml_atoms[8]], axis=1)
+    mm_near = [int(i) for i in np.argsort(d) if int(i) not in set(c.ml_atoms)][0]
+    components = [0, 1, 2] if case == "open_water" else [1]
+    for atom in [c.ml_atoms[8], mm_near]:
+        for k in components:
+            x = c.positions.copy()
+            x[atom, k] += h
+            ctx.setPositions(x)
+            Ep = state_values(ctx, groups={1})[0]
+            x[atom, k] -= 2 * h
+            ctx.setPositions(x)
+            Em = state_values(ctx, groups={1})[0]
+            fd = -(Ep - Em) / (2 * h)
+            assert abs(F[atom, k]) > 1.0
+            assert abs(fd - F[atom, k]) < 1e-3 * abs(F[atom, k]) + 0.05, (atom, k, fd, F[atom, k])
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise-reproducible torch reductions (the threaded PME spread sums in varying order)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_checkpoint_restart_and_serialisation(solvated, tmp_path, one_thread):
+    c = solvated
+    mixed = create_mixed_system(c.topology, c.system, c.ml_atoms, c.model)
+    # the force pickles: the System survives XmlSerializer (and copy.deepcopy, which uses it)
+    clone = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(mixed))
+
+    def simulation(system):
+        sim = app.Simulation(c.topology, system, openmm.VerletIntegrator(0.5 * u.femtosecond),
+                             openmm.Platform.getPlatformByName("Reference"))
+        sim.context.setPositions(c.positions)
+        sim.context.setVelocitiesToTemperature(300 * u.kelvin, 7)
+        return sim
+
+    sim = simulation(mixed)
+    sim.step(1)
+    sim.saveState(str(tmp_path / "state.xml"))
+    sim.saveCheckpoint(str(tmp_path / "state.chk"))
+    sim.step(2)
+    s = sim.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+    ref_x, ref_v = s.getPositions(asNumpy=True)._value, s.getVelocities(asNumpy=True)._value
+    for system, load in ((clone, "loadState"), (mixed, "loadCheckpoint")):
+        sim2 = simulation(system)
+        getattr(sim2, load)(str(tmp_path / ("state.xml" if load == "loadState" else "state.chk")))
+        sim2.step(2)
+        s2 = sim2.context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+        np.testing.assert_array_equal(s2.getPositions(asNumpy=True)._value, ref_x)
+        np.testing.assert_array_equal(s2.getVelocities(asNumpy=True)._value, ref_v)
+        assert s2.getPotentialEnergy() == s.getPotentialEnergy()
+
+
+@pytest.mark.parametrize("interpolate", [False, True])
+def test_openmmml_route_gives_the_same_system(solvated, interpolate):
+    from openmmml import MLPotential
+    c = solvated
+    ours = create_mixed_system(c.topology, c.system, c.ml_atoms, c.model, interpolate=interpolate)
+    theirs = MLPotential("mlpolar", model=c.model).createMixedSystem(
+        c.topology, c.system, c.ml_atoms, embedding="mlpolar-electrostatic", interpolate=interpolate)
+    assert [type(f).__name__ for f in ours.getForces()] == [type(f).__name__ for f in theirs.getForces()]
+    assert ours.getNumConstraints() == theirs.getNumConstraints()
+    for a, b in zip(ours.getForces(), theirs.getForces()):
+        if not isinstance(a, (openmm.PythonForce, openmm.CustomCVForce)):
+            assert openmm.XmlSerializer.serialize(a) == openmm.XmlSerializer.serialize(b)
+    params = {LAMBDA: 0.7} if interpolate else None
+    Ea, Fa, da = evaluate(ours, c.positions, parameters=params)
+    Eb, Fb, db = evaluate(theirs, c.positions, parameters=params)
+    assert Ea == Eb and da == db
+    print("maxdiff", np.abs(Fa - Fb).max())
+    np.testing.assert_allclose(Fa, Fb, rtol=0, atol=1e-9 * np.abs(Fa).max())
+    with pytest.raises(ValueError, match="exactly one of modelPath"):
+        MLPotential("mlpolar")
+    with pytest.raises(ValueError, match="neither a shipped model"):
+        MLPotential("mlpolar", modelPath="/nonexistent/model.pt")
+
+
+# ---- the MLPolar model (issue 4); its MM path waits for issue 3's mm_features ----------------
+
+@pytest.fixture(scope="module")
+def mlpolar_model():
+    pytest.importorskip("mlpolar.model")
+    from mlpolar.model import MLPolar, MLPolarConfig
+    torch.manual_seed(0)
+    return MLPolar(MLPolarConfig(elements=[1, 6, 7, 8], channels=8, layers=1, radial_basis=4,
+                                 contraction_channels=4)).double()
+
+
+def _vacuum_direct(model, c):
+    species = torch.tensor([a.element.atomic_number for a in c.topology.atoms()])
+    x = torch.tensor(c.positions, requires_grad=True)
+    out = model(species, x, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.int64),
+                None, None, None, None, None, None)
+    (g,) = torch.autograd.grad(out["energy"], [x])
+    return float(out["energy"].detach()), -g.numpy()
+
+
+def test_mlpolar_model_in_vacuum_through_openmmml(vacuum, mlpolar_model):
+    """Pure-ML System through openmm-ml: Context == direct call, forces == -grad."""
+    from openmmml import MLPotential
+    c = vacuum
+    system = MLPotential("mlpolar", model=mlpolar_model).createSystem(c.topology)
+    E, F, _ = evaluate(system, c.positions)
+    E_ref, F_ref = _vacuum_direct(mlpolar_model, c)
+    assert abs(E - E_ref) < 1e-9 * abs(E_ref) + 1e-9
+    np.testing.assert_allclose(F, F_ref, atol=1e-8 * np.abs(F_ref).max())
+    assert np.abs(F).max() > 0
+
+
+def test_mlpolar_model_from_file(vacuum, mlpolar_model, tmp_path):
+    """MLPotential('mlpolar', modelPath=...) and mlpolar.load_model on a saved model."""
+    import mlpolar
+    from mlpolar.model import save_model
+    from openmmml import MLPotential
+    path = tmp_path / "tiny.pt"
+    try:
+        save_model(mlpolar_model, path)
+    except RuntimeError as e:   # TorchScript export of the model (issue 4) not complete in this merge
+        pytest.skip(f"mlpolar.model.save_model cannot export the model here: {str(e).splitlines()[1][:120]}")
+    c = vacuum
+    E, F, _ = evaluate(MLPotential("mlpolar", modelPath=str(path)).createSystem(c.topology), c.positions)
+    E_ref, F_ref = _vacuum_direct(mlpolar.load_model(str(path)), c)
+    assert abs(E - E_ref) < 1e-9 * abs(E_ref) + 1e-9
+    np.testing.assert_allclose(F, F_ref, atol=1e-8 * np.abs(F_ref).max())
+
+
+def test_mlpolar_model_mechanical_embedding(solvated, mlpolar_model):
+    """openmm-ml's mechanical embedding with the MLPolar model in water (model in vacuum + PBC)."""
+    from openmmml import MLPotential
+    c = solvated
+    pot = MLPotential("mlpolar", model=mlpolar_model)
+    mixed = _grouped(pot.createMixedSystem(c.topology, c.system, c.ml_atoms))
+    E, F, _ = evaluate(mixed, c.positions, groups={1})
+    assert np.isfinite(E) and np.all(F[[i for i in range(len(F)) if i not in set(c.ml_atoms)]] == 0.0)
+    assert np.abs(F[c.ml_atoms]).max() > 0
+
+
+def test_fixed_charge_model_mechanical_embedding_reproduces_mm(solvated_tight):
+    """openmm-ml's mechanical embedding with the fixed-charge model (run without MM charges, ML-ML
+    images through its Ewald) also gives back the MM energy: the vacuum path has no double counting."""
+    from openmmml import MLPotential
+    c = solvated_tight
+    mech = MLPotential("mlpolar", model=c.model).createMixedSystem(c.topology, c.system, c.ml_atoms)
+    E0, F0, _ = evaluate(c.system, c.positions)
+    E1, F1, _ = evaluate(mech, c.positions)
+    assert abs(E1 - E0) < 1e-3
+    assert np.abs(F1 - F0).max() < 1e-2
