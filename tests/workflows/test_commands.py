@@ -28,6 +28,8 @@ def test_md_without_arguments_needs_the_shipped_model(capsys):
     assert main(["md"]) == 2
     err = capsys.readouterr().err
     assert "no shipped mlpolar model" in err and "--model" in err
+    assert main(["fe", "--no-progress"]) == 2  # fails before preparing the example systems
+    assert "no shipped mlpolar model" in capsys.readouterr().err
 
 
 def test_md_command_ml_mm_at_lambda(tmp_path, capsys):
