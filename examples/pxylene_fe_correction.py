@@ -34,7 +34,7 @@ def equilibrated_leg(name, out, args):
     run_md(prep.topology, prep.system, prep.positions, md_dir,
            MDConfig(steps=args.mm_steps, equilibration_steps=0, report_interval=500,
                     checkpoint_interval=args.mm_steps, platform=args.platform,
-                    pressure_bar=1.0, seed=args.seed),
+                    pressure_bar=1.0, seed=args.seed, progress=not args.no_progress),
            box_vectors=prep.box_vectors)
     pdb = app.PDBFile(str(md_dir / "final.pdb"))
     pos = np.asarray(pdb.getPositions().value_in_unit(u.nanometer))
@@ -57,20 +57,25 @@ def main():
     ap.add_argument("--forward", type=int, default=10)
     ap.add_argument("--reverse", type=int, default=10)
     ap.add_argument("--switching-steps", type=int, default=2_500)
+    ap.add_argument("--equilibration-steps", type=int, default=2_500,
+                    help="per window and per switching run, from the MM-equilibrated start")
     ap.add_argument("--platform", default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default="fe-pxylene")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     out = Path(args.output)
     names = [x for x in args.legs.split(",") if x]
     legs = {n: equilibrated_leg(n, out, args) for n in names}
     cfg = FEConfig(lambdas=list(np.linspace(0, 1, args.lambdas)), n_samples=args.samples,
-                   steps_per_sample=args.steps_per_sample, equilibration_steps=2_500,
+                   steps_per_sample=args.steps_per_sample,
+                   equilibration_steps=args.equilibration_steps, minimise=False,
                    n_forward=args.forward, n_reverse=args.reverse,
-                   switching_steps=args.switching_steps, switch_equilibration_steps=2_500,
-                   platform=args.platform, seed=args.seed)
+                   switching_steps=args.switching_steps,
+                   switch_equilibration_steps=args.equilibration_steps,
+                   platform=args.platform, seed=args.seed, progress=not args.no_progress)
     res = run_fe(legs, out / "campaign", cfg, scheduler=args.scheduler, n_workers=args.workers,
                  difference=("complex", "solvent") if len(legs) == 2 else None)
     print(format_table(res))
