@@ -14,6 +14,7 @@ Sampling defaults are small (a CPU workstation); the report of a campaign should
 sampled time per window and the uncertainties from results.csv, not more digits.
 """
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def equilibrated_leg(name, out, args):
     prep = prepare_system(LEGS[name])
     md_dir = out / f"mm-equilibration-{name}"
     run_md(prep.topology, prep.system, prep.positions, md_dir,
-           MDConfig(steps=args.mm_steps, equilibration_steps=0, report_interval=500,
+           MDConfig(steps=args.mm_steps, equilibration_steps=0,
+                    report_interval=math.gcd(500, args.mm_steps),
                     checkpoint_interval=args.mm_steps, platform=args.platform,
                     pressure_bar=1.0, seed=args.seed, progress=not args.no_progress),
            box_vectors=prep.box_vectors)
