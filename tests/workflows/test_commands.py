@@ -102,3 +102,21 @@ def test_fixed_charge_ml_mm_free_energy_is_zero(client, tmp_path):
     assert abs(r["mbar"]["dg"]) < 1e-4 and abs(r["ti"]["dg"]) < 1e-4
     assert abs(r["switching"]["bar"]) < 1e-4
     assert r["switching"]["max_work_difference_energy_vs_dudl"] < 1e-6
+
+
+def test_ml_mm_restart_is_bit_for_bit_on_reference(tmp_path):
+    """Checkpoint/resume with the model's force in the System (fixed-charge model, λ = 1)."""
+    from mlpolar.workflows.md import MDConfig, final_state, run_md
+    inp = load_input(prmtop=LIG / "ligand.prmtop", inpcrd=LIG / "ligand.crd")
+    ml = select_ml_atoms(inp.topology, resname="TMP")
+    mixed = make_ml_system(inp.topology, inp.system, ml, "fixed-charge", interpolate=False)
+    cfg = MDConfig(steps=30, equilibration_steps=10, report_interval=10, checkpoint_interval=10,
+                   platform="Reference", minimise=False, progress=False, seed=3)
+    run_md(inp.topology, mixed, inp.positions, tmp_path / "a", cfg)
+    r = run_md(inp.topology, mixed, inp.positions, tmp_path / "b", cfg, stop_after_steps=20)
+    assert r.step == 20 and not r.finished
+    run_md(inp.topology, mixed, inp.positions, tmp_path / "b", cfg)
+    sa, sb = (final_state(tmp_path / d, inp.topology, mixed) for d in ("a", "b"))
+    for get in ("getPositions", "getVelocities"):
+        np.testing.assert_array_equal(getattr(sa, get)(asNumpy=True)._value,
+                                      getattr(sb, get)(asNumpy=True)._value)
