@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 # name -> (module, one-line help). Add a line here to add a subcommand.
 SUBCOMMANDS = {
     "generate": ("mlpolar.data.generate", "sample configurations and label them with QM/MM DFT"),
+    "md": ("mlpolar.workflows.md_command", "ML/MM molecular dynamics (default: the shipped example)"),
+    "fe": ("mlpolar.workflows.fe_command", "MM -> ML/MM free-energy corrections on Dask"),
 }
 
 

@@ -1,0 +1,73 @@
+"""From an MM System and an ML region to the ML/MM System the workflows run.
+
+The model is chosen by name:
+
+* a shipped model name (``mlpolar.models.available()``) or a model file path
+  (``mlpolar.load_model``);
+* ``"fixed-charge"``: the MM force field's own description of the ML region behind the model
+  interface (:class:`mlpolar.models.fixed_charge.FixedChargeModel`); a mixed System with it
+  reproduces the MM energy, so it is the baseline and the plumbing check of ML/MM runs;
+* ``None``: the default shipped model (the one named ``default``, or the only one shipped).
+
+The mixed System comes from :func:`mlpolar.openmm.create_mixed_system`; with
+``interpolate=True`` it carries ``lambda_interpolate`` (0 = MM, 1 = ML/MM), which MD sets through
+context parameters and the free-energy campaigns drive.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import openmm
+import openmm.app as app
+
+FIXED_CHARGE = "fixed-charge"
+DEFAULT_NAME = "default"
+
+
+def default_model_name() -> str:
+    """The shipped model used when none is named; a clear error while none is shipped."""
+    from mlpolar.models import SHIPPED_DIR, available
+    names = available()
+    if DEFAULT_NAME in names:
+        return DEFAULT_NAME
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise FileNotFoundError(
+            f"no shipped mlpolar model: {SHIPPED_DIR} holds no <name>.pt yet (the trained model "
+            "is added there by training). Pass --model PATH (a file written by "
+            "mlpolar.model.save_model), --model fixed-charge (the MM charges as a model), or "
+            "--mm-only")
+    raise ValueError(f"several shipped models {names} and none named {DEFAULT_NAME!r}; choose "
+                     "one with --model NAME")
+
+
+def resolve_model(model: Optional[str], system: Optional[openmm.System] = None,
+                  ml_atoms=None, *, check_only: bool = False):
+    """The model object for ``model`` (see module doc). ``check_only``: only check that it can be
+    found (cheap; used before long preparations), return None."""
+    if model == FIXED_CHARGE:
+        if check_only:
+            return None
+        from mlpolar.models.fixed_charge import FixedChargeModel
+        return FixedChargeModel.from_system(system, ml_atoms)
+    from mlpolar.models import model_path
+    name = default_model_name() if model is None else model
+    path = model_path(name)  # ValueError naming the shipped models if it is neither
+    if check_only:
+        return None
+    import mlpolar
+    return mlpolar.load_model(str(path))
+
+
+def make_ml_system(topology: app.Topology, system: openmm.System, ml_atoms, model,
+                   charge: int = 0, multiplicity: int = 1,
+                   interpolate: bool = True) -> openmm.System:
+    """ML/MM System (``create_mixed_system``) with the model given as object or name."""
+    ml = np.asarray(ml_atoms, dtype=np.int64)
+    if isinstance(model, str) or model is None:
+        model = resolve_model(model, system, ml)
+    from mlpolar.openmm import create_mixed_system
+    return create_mixed_system(topology, system, ml.tolist(), model, charge=int(charge),
+                               multiplicity=int(multiplicity), interpolate=interpolate)
