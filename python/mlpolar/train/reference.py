@@ -1,0 +1,49 @@
+"""Per-element reference energies, fitted before training.
+
+The DFT label is a total QM/MM energy (≈ −8·10⁵ kJ/mol for p-xylene), the network's output is
+an interaction-scale quantity; the gap is a sum of per-element atomic energies
+E ≈ Σ_Z n_Z E_Z, fitted by linear least squares on the training set (one fit per head: the atomic
+energies belong to a level of theory). With one composition only (p-xylene) the problem is rank
+deficient; ``numpy.linalg.lstsq`` then returns the minimum-norm solution, which still reproduces
+the mean energy exactly — all that matters, as the metrics remove the mean offset.
+
+The values go into the model through ``model.set_energy_reference(head, values)`` when it has
+that method (docs/interfaces.md: the model reports ``energy_reference``); otherwise the trainer
+keeps them and adds them to the model's energy itself (:func:`mlpolar.train.predict.predict`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def fit_reference(configs, elements: Sequence[int]) -> np.ndarray:
+    """Least-squares per-element energies (kJ/mol, order of ``elements``) for the labels'
+    total energies."""
+    elements = [int(z) for z in elements]
+    pos = {z: k for k, z in enumerate(elements)}
+    A = np.zeros((len(configs), len(elements)))
+    y = np.zeros(len(configs))
+    for r, c in enumerate(configs):
+        for z in c.species.tolist():
+            if z not in pos:
+                raise ValueError(f"element Z={z} of {c.key} is not in the model's elements "
+                                 f"{elements}; add it to the model config")
+            A[r, pos[z]] += 1
+        y[r] = float(c.energy)
+    if not len(configs):
+        raise ValueError("no training configurations to fit the reference energies on")
+    sol, *_ = np.linalg.lstsq(A, y, rcond=None)
+    return sol
+
+
+def install_reference(model, head: str, values) -> bool:
+    """Put the reference into the model if it supports it; True when it did."""
+    setter = getattr(model, "set_energy_reference", None)
+    if setter is None:
+        return False
+    p = next(model.parameters())
+    setter(head, torch.as_tensor(np.asarray(values), dtype=p.dtype, device=p.device))
+    return True
