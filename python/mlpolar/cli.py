@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 # name -> (module, one-line help). Add a line here to add a subcommand.
 SUBCOMMANDS = {
     "generate": ("mlpolar.data.generate", "sample configurations and label them with QM/MM DFT"),
+    "train": ("mlpolar.train.command", "train or resume a model from a YAML config"),
+    "evaluate": ("mlpolar.train.evaluate", "metrics and parity plots of a model on label stores"),
 }
 
 

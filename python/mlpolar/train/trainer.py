@@ -296,11 +296,12 @@ class Trainer:
                 ref[k].append(v.cpu().double().numpy())
         return {"loss": loss, **compute_metrics(pred, ref)}
 
-    def train(self) -> List[dict]:
-        """Run the remaining epochs (checkpoint after each), then evaluate, plot and save."""
+    def train(self, stop_after: Optional[int] = None) -> List[dict]:
+        """Run the remaining epochs, checkpointing after each; ``stop_after``: at most this many
+        epochs in this call (a time-limited job; the next call resumes)."""
         epochs = int(self.cfg["training"]["epochs"])
         history = []
-        while self.epoch < epochs:
+        while self.epoch < epochs and (stop_after is None or len(history) < stop_after):
             t0 = time.time()
             lr = self.optimizer.param_groups[0]["lr"]
             tr = self.train_epoch()
@@ -372,6 +373,9 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # training.epochs raised on resume: the cosine stretches over the new total
+            self.scheduler.T_max = int(self.cfg["training"]["epochs"])
         _set_rng_state(ckpt["rng"])
         self.epoch = int(ckpt["epoch"])
         self.best_val = float(ckpt["best_val"])
