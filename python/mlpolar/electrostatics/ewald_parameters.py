@@ -13,14 +13,16 @@ import torch
 
 
 def _fft_friendly(n: int) -> int:
-    while True:
+    smooth = False
+    while not smooth:
         m = n
-        for p in (2, 3, 5, 7):
+        for p in [2, 3, 5, 7]:
             while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
+                m = m // p
+        smooth = m == 1
+        if not smooth:
+            n += 1
+    return n
 
 
 def ewald_parameters(box: torch.Tensor, cutoff: float, tolerance: float, order: int = 5,
@@ -34,9 +36,9 @@ def ewald_parameters(box: torch.Tensor, cutoff: float, tolerance: float, order: 
         if math.erfc(a_min * cutoff) > tolerance:
             need = _width_cutoff(max_width, tolerance)
             raise ValueError(
-                f"widths up to {max_width:.4g} nm are too wide for cutoff {cutoff} nm at tolerance {tolerance}: "
-                f"the Gaussians overlap beyond the cutoff; use cutoff >= {need:.3f} nm or narrower widths")
-    diag = box.detach().diagonal().tolist()
+                f"widths up to {max_width} nm are too wide for cutoff {cutoff} nm at tolerance {tolerance}: "
+                f"the Gaussians overlap beyond the cutoff; use cutoff >= {need} nm or narrower widths")
+    diag: List[float] = box.detach().diagonal().tolist()
     grid = [_fft_friendly(max(order + 1, math.ceil(2.0 * alpha * L / (3.0 * tolerance ** 0.2)))) for L in diag]
     return alpha, grid
 

@@ -55,6 +55,7 @@ class GaussianMultipoles(torch.nn.Module):
         self.grid = None if grid is None else [int(g) for g in grid]
         self.order = None if order is None else int(order)
         self.include_self = bool(include_self)
+        self.coulomb = ONE_4PI_EPS0   # an attribute: TorchScript does not read module-level floats
 
     def parameters_for(self, box: torch.Tensor, widths: Optional[torch.Tensor] = None,
                        degree: int = 0) -> Tuple[float, List[int], int]:
@@ -104,13 +105,15 @@ class GaussianMultipoles(torch.nn.Module):
         (multipoles.py). For callers that already hold packed coefficients (the model)."""
         return self._field(positions, d, deg_out, charges, widths, box, exclusions, False)
 
-    def _field(self, positions, d, deg_out: int, charges, widths, box, exclusions, include_self: bool) -> torch.Tensor:
+    def _field(self, positions: torch.Tensor, d: torch.Tensor, deg_out: int, charges: torch.Tensor,
+               widths: Optional[torch.Tensor], box: Optional[torch.Tensor], exclusions: Optional[torch.Tensor],
+               include_self: bool) -> torch.Tensor:
         n = positions.shape[0]
         ptr, idx = ops.exclusions_to_csr(exclusions, n, positions.device)
         c = d * parity(ops.degree_of(d.shape[1]), d)
         if box is None:
             V = ops.multipole_field(positions, c, widths, None, ptr, idx, 0.0, 0.0, deg_out, include_self)
-            return ONE_4PI_EPS0 * V
+            return self.coulomb * V
         alpha, grid, order = self.parameters_for(box, widths, max(ops.degree_of(d.shape[1]), deg_out))
         V = ops.multipole_field(positions, c, widths, box, ptr, idx, self.cutoff, alpha, deg_out, include_self)
         V = V + reciprocal_field(positions, d, box, alpha, grid, order, deg_out)
@@ -123,7 +126,7 @@ class GaussianMultipoles(torch.nn.Module):
             s2 = widths * widths
             phi_bg = phi_bg + 2.0 * math.pi / volume * ((charges * s2).sum() + Q * s2)
         V = torch.cat([V[:, :1] + phi_bg[:, None], V[:, 1:]], dim=1)
-        return ONE_4PI_EPS0 * V
+        return self.coulomb * V
 
     def _check(self, positions, charges, dipoles, quadrupoles, widths, box, exclusions) -> None:
         if not isinstance(positions, torch.Tensor) or positions.dim() != 2 or positions.shape[1] != 3:

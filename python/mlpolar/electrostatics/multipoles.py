@@ -17,10 +17,6 @@ from typing import Optional, Tuple
 
 import torch
 
-# (row, column) of Theta for the six degree-2 monomials, and their weight in d.
-_Q_ROWS = [0, 0, 0, 1, 1, 2]
-_Q_COLS = [0, 1, 2, 1, 2, 2]
-_Q_WEIGHTS = [1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0]
 
 
 def multipole_degree(dipoles: Optional[torch.Tensor], quadrupoles: Optional[torch.Tensor]) -> int:
@@ -41,8 +37,13 @@ def receiver_coefficients(charges: torch.Tensor, dipoles: Optional[torch.Tensor]
         cols.append(dipoles if dipoles is not None else charges.new_zeros(n, 3))
     if deg >= 2:
         assert quadrupoles is not None
-        w = torch.tensor(_Q_WEIGHTS, dtype=charges.dtype, device=charges.device)
-        cols.append(quadrupoles[:, _Q_ROWS, _Q_COLS] * w)
+        # (xx, xy, xz, yy, yz, zz) of Theta with their weights in d (lists inline: TorchScript
+        # does not read module-level lists)
+        w = torch.tensor([1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0],
+                         dtype=charges.dtype, device=charges.device)
+        th = torch.stack([quadrupoles[:, 0, 0], quadrupoles[:, 0, 1], quadrupoles[:, 0, 2],
+                          quadrupoles[:, 1, 1], quadrupoles[:, 1, 2], quadrupoles[:, 2, 2]], dim=1)
+        cols.append(th * w)
     return torch.cat(cols, dim=1)
 
 
