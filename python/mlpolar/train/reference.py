@@ -7,9 +7,11 @@ energies belong to a level of theory). With one composition only (p-xylene) the 
 deficient; ``numpy.linalg.lstsq`` then returns the minimum-norm solution, which still reproduces
 the mean energy exactly — all that matters, as the metrics remove the mean offset.
 
-The values go into the model through ``model.set_energy_reference(head, values)`` when it has
-that method (docs/interfaces.md: the model reports ``energy_reference``); otherwise the trainer
-keeps them and adds them to the model's energy itself (:func:`mlpolar.train.predict.predict`).
+The values go into the model (docs/interfaces.md: the model reports ``energy_reference``):
+through ``model.set_energy_reference(head, values)`` when it has that method, else into its
+``reference_energy`` tensor [n_heads, n_elements] (MLPolar's parameter, row = head, column =
+``model.elements`` order). A model with neither gets them added outside, by the trainer
+(:func:`mlpolar.train.predict.predict`), and they are stored in the checkpoint.
 """
 from __future__ import annotations
 
@@ -45,8 +47,15 @@ def fit_reference(configs, elements: Sequence[int]) -> np.ndarray:
 def install_reference(model, head: str, values) -> bool:
     """Put the reference into the model if it supports it; True when it did."""
     setter = getattr(model, "set_energy_reference", None)
-    if setter is None:
-        return False
     p = next(model.parameters())
-    setter(head, torch.as_tensor(np.asarray(values), dtype=p.dtype, device=p.device))
-    return True
+    v = torch.as_tensor(np.asarray(values), dtype=p.dtype, device=p.device)
+    if setter is not None:
+        setter(head, v)
+        return True
+    table = getattr(model, "reference_energy", None)
+    if isinstance(table, torch.Tensor) and tuple(table.shape) == (len(model.heads),
+                                                                 len(model.elements)):
+        with torch.no_grad():
+            table[list(model.heads).index(head)] = v.to(table)
+        return True
+    return False

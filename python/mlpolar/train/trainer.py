@@ -41,6 +41,7 @@ from .predict import predict
 from .reference import fit_reference, install_reference
 
 CHECKPOINT_FORMAT = "mlpolar-train-checkpoint"
+REFERENCE_NAMES = ("reference_energy", "energy_ref")
 LOG_FIELDS = (["epoch", "lr", "train_loss"] + [f"train_{k}" for k in LOSS_TERMS] +
               ["val_loss", "val_energy_mae_kcal", "val_qm_force_mae_kcal_A",
                "val_mm_force_mae_kcal_A", "wall_s"])
@@ -161,7 +162,12 @@ class Trainer:
         name = o.pop("name")
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
                    "sgd": torch.optim.SGD}[name]
-        self.optimizer = opt_cls(self.model.parameters(), **o)
+        # no weight decay on the per-element reference energies (~1e4 kJ/mol, fitted above)
+        ref_p = [p for n, p in self.model.named_parameters() if n.split(".")[-1] in REFERENCE_NAMES]
+        rest = [p for n, p in self.model.named_parameters()
+                if n.split(".")[-1] not in REFERENCE_NAMES]
+        groups = [{"params": rest}] + ([{"params": ref_p, "weight_decay": 0.0}] if ref_p else [])
+        self.optimizer = opt_cls(groups, **o)
         self.scheduler = self._make_scheduler(t["scheduler"], int(t["epochs"]))
         decay = float(t["ema_decay"])
         # EMA of the parameters; buffers (reference energies, lookup tables) are copied as they
