@@ -14,10 +14,10 @@ SMALL = {"variant": "fast", "channels": 8, "layers": 1, "iterations": 1, "radial
 
 def _mm_path_available() -> bool:
     m = MLPolar(MLPolarConfig(elements=[1, 6], **SMALL)).double()
+    h2 = torch.tensor([[0.0, 0.0, 0.0], [0.074, 0.0, 0.0]], dtype=torch.float64)
     try:
-        m(torch.tensor([6]), torch.zeros(1, 3, dtype=torch.float64), torch.tensor([0.0]),
-          torch.tensor([1]), None, torch.ones(1, 3, dtype=torch.float64),
-          torch.ones(1, dtype=torch.float64))
+        m(torch.tensor([1, 1]), h2, torch.tensor([0.0]), torch.tensor([1]), None,
+          torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     except RuntimeError as e:
         if "mm_features" in str(e):
             return False
