@@ -134,3 +134,24 @@ def test_bad_inputs_fail_before_work(make_config):
     cfg["data"]["split"] = {"train": 1.0, "val": 0.0}
     with pytest.raises(ValueError, match="validation"):
         Trainer(cfg)
+
+
+def test_two_heads_each_with_its_reference(make_config):
+    cfg = make_config(epochs=1, batch_size=4)
+    cfg["data"]["train"] = [{"path": cfg["data"]["train"][0]["path"], "indices": "0:4", "head": "a"},
+                            {"path": cfg["data"]["train"][0]["path"], "indices": "4:8", "head": "b"}]
+    cfg["data"]["test"] = []
+    cfg["data"]["split"] = {"train": 0.75, "val": 0.25}
+    t = Trainer(cfg)
+    assert t.model.heads == ["a", "b"]
+    assert {c.head for c in t.data["train"]} == {"a", "b"}
+    for k, h in enumerate(("a", "b")):
+        e = np.array([float(c.energy) for c in t.data["train"] if c.head == h])
+        ref = t.model.energy_ref[k]
+        assert np.mean(e - (8 * ref[1].item() + 10 * ref[0].item())) == pytest.approx(0, abs=1e-6)
+    assert not torch.equal(t.model.energy_ref[0], t.model.energy_ref[1])
+    before = [p.detach().clone() for p in t.model.net[-1].parameters()]
+    t.train()
+    # both heads' output columns were trained
+    w_before, w_after = before[0], t.model.net[-1].weight.detach()
+    assert not torch.equal(w_before[0], w_after[0]) and not torch.equal(w_before[1], w_after[1])
