@@ -5,7 +5,7 @@ import openmm
 import pytest
 
 from mlpolar.train.baseline import (baseline_interaction_energies, coulomb_interaction,
-                                    ligand_am1bcc_charges, ligand_charges_for)
+                                    ligand_am1bcc_charges, ligand_charges_for, summary)
 from mlpolar.train.dataset import load_store
 
 
@@ -58,6 +58,9 @@ def test_baseline_and_dft_interaction_energies(store_path):
     # data); fixed charges miss polarisation, so the error is well above zero and below E_int
     mae = np.mean(np.abs(ff - dft)) / 4.184
     assert 0.3 < mae < 0.5 * np.mean(np.abs(dft)) / 4.184
+    s = summary(cs)
+    assert s["baseline_interaction_mae_kcal"] == pytest.approx(mae)
+    assert s["dft_interaction_mean_kcal"] == pytest.approx(dft.mean() / 4.184)
 
 
 def test_coincident_positions_are_an_error():

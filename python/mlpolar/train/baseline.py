@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..units import ONE_4PI_EPS0
+from ..units import KCAL_TO_KJ, ONE_4PI_EPS0
 
 
 @lru_cache(maxsize=1)
@@ -68,3 +68,23 @@ def baseline_interaction_energies(configs) -> tuple[np.ndarray, np.ndarray]:
                                       c.mm_charges.cpu().numpy()))
         dft.append(float(c.energy - c.energy_vacuum))
     return np.array(ff), np.array(dft)
+
+
+def summary(configs) -> dict:
+    """Baseline MAE and the spread of both interaction energies, kcal/mol."""
+    ff, dft = baseline_interaction_energies(configs)
+    k = KCAL_TO_KJ
+    return {"n_configurations": len(dft),
+            "baseline_interaction_mae_kcal": float(np.mean(np.abs(ff - dft)) / k),
+            "dft_interaction_mean_kcal": float(dft.mean() / k), "dft_interaction_std_kcal": float(dft.std() / k),
+            "baseline_interaction_mean_kcal": float(ff.mean() / k),
+            "baseline_interaction_std_kcal": float(ff.std() / k)}
+
+
+if __name__ == "__main__":   # python -m mlpolar.train.baseline STORE.h5 [...]
+    import json
+    import sys
+
+    from .dataset import load_store
+    for path in sys.argv[1:]:
+        print(path, json.dumps(summary(load_store(path)), indent=1))

@@ -21,11 +21,14 @@ def command(a: argparse.Namespace) -> int:
     print(f"run {t.run_dir}: {len(t.data['train'])} train, {len(t.data['val'])} val, "
           f"{len(t.data['test'])} test, {len(t.data['test_file'])} separate test configurations; "
           f"{'resuming after epoch ' + str(start) if start else 'new run'}", flush=True)
-    for row in t.train(stop_after=a.stop_after):
+
+    def report(row):
         print(f"epoch {row['epoch']:4d}  lr {row['lr']:.3g}  train {row['train_loss']:.5g}  "
               f"val {row['val_loss']:.5g}  E {row['val_energy_mae_kcal']:.3g} kcal/mol  "
               f"F_QM {row['val_qm_force_mae_kcal_A']:.3g}  F_MM "
               f"{row['val_mm_force_mae_kcal_A']:.3g} kcal/mol/A", flush=True)
+
+    t.train(stop_after=a.stop_after, on_epoch=report)
     if t.epoch < int(t.cfg["training"]["epochs"]):
         print(f"stopped after epoch {t.epoch}; run again to resume")
         return 0

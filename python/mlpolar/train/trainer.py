@@ -302,9 +302,10 @@ class Trainer:
                 ref[k].append(v.cpu().double().numpy())
         return {"loss": loss, **compute_metrics(pred, ref)}
 
-    def train(self, stop_after: Optional[int] = None) -> List[dict]:
+    def train(self, stop_after: Optional[int] = None, on_epoch=None) -> List[dict]:
         """Run the remaining epochs, checkpointing after each; ``stop_after``: at most this many
-        epochs in this call (a time-limited job; the next call resumes)."""
+        epochs in this call (a time-limited job; the next call resumes); ``on_epoch(row)`` is
+        called with each epoch's log row once its checkpoint is written."""
         epochs = int(self.cfg["training"]["epochs"])
         history = []
         while self.epoch < epochs and (stop_after is None or len(history) < stop_after):
@@ -332,6 +333,8 @@ class Trainer:
             _atomic_save(ckpt, self.run_dir / "checkpoint.pt")
             if improved:
                 _atomic_save(ckpt, self.run_dir / "best.pt")
+            if on_epoch is not None:
+                on_epoch(row)
         return history
 
     def finish(self, plots: Optional[bool] = None) -> dict:
