@@ -48,7 +48,7 @@ def evaluate_configs(model, configs, *, reference: Optional[Dict[str, torch.Tens
             base = None   # not the openmmtools ligand: no AM1-BCC charges to compare with
     m = compute_metrics(pred, ref, base)
     if plots_dir is not None:
-        m["plots"] = [str(p) for p in parity_plots(pred, ref, plots_dir, prefix, title)]
+        m["plots"] = [str(p) for p in parity_plots(pred, ref, plots_dir, prefix, title, base)]
     return m
 
 

@@ -83,9 +83,10 @@ def compute_metrics(pred: Dict[str, list], ref: Dict[str, list],
 
 
 def parity_plots(pred: Dict[str, list], ref: Dict[str, list], out_dir, prefix: str = "",
-                 title: str = "") -> list:
+                 title: str = "", baseline_interaction: Optional[Sequence[float]] = None) -> list:
     """PNG parity plots (energy with the mean offset removed, QM forces, MM forces within 0.6 nm,
-    interaction energy when present) in kcal/mol and kcal/mol/Å. Returns the written paths."""
+    interaction energy when present, with the fixed-charge baseline's points when given) in
+    kcal/mol and kcal/mol/Å. Returns the written paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,6 +95,8 @@ def parity_plots(pred: Dict[str, list], ref: Dict[str, list], out_dir, prefix: s
     out_dir.mkdir(parents=True, exist_ok=True)
     masks = [near_mm_mask(q, x) for q, x in zip(ref["qm_positions"], ref["mm_positions"])]
     e_p, e_r = np.asarray(pred["energy"], float), np.asarray(ref["energy"], float)
+    units = {"energy": "kcal/mol", "qm_forces": "kcal/mol/Å", "mm_forces": "kcal/mol/Å",
+             "interaction_energy": "kcal/mol"}
     panels = [
         ("energy", "energy − mean offset (kcal/mol)",
          (e_p - np.mean(e_p - e_r)) / KCAL, e_r / KCAL),
@@ -111,11 +114,17 @@ def parity_plots(pred: Dict[str, list], ref: Dict[str, list], out_dir, prefix: s
     paths = []
     for name, label, p, r in panels:
         fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-        ax.scatter(r, p, s=6, alpha=0.6)
-        if r.size:
-            lo, hi = float(min(r.min(), p.min())), float(max(r.max(), p.max()))
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.set_title(f"{title} MAE {np.mean(np.abs(p - r)):.3g}".strip(), fontsize=9)
+        ax.scatter(r, p, s=6, alpha=0.6, label="model")
+        lo, hi = (float(min(r.min(), p.min())), float(max(r.max(), p.max()))) if r.size else (0, 1)
+        t = f"{title} MAE {np.mean(np.abs(p - r)):.3g} {units[name]}" if r.size else title
+        if name == "interaction_energy" and baseline_interaction is not None:
+            b = np.asarray(baseline_interaction, float) / KCAL
+            ax.scatter(r, b, s=6, alpha=0.6, marker="x", label="fixed charges")
+            ax.legend(fontsize=7)
+            lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
+            t += f" (fixed charges {np.mean(np.abs(b - r)):.3g})"
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_title(t.strip(), fontsize=8)
         ax.set_xlabel(f"reference {label}", fontsize=8)
         ax.set_ylabel(f"model {label}", fontsize=8)
         fig.tight_layout()

@@ -354,10 +354,10 @@ class Trainer:
         out["epoch"] = self.epoch
         (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=1))
         try:
-            from ..model import save_model
-        except ImportError:
-            save_model = None
-        if save_model is not None and self.reference_in_model:
+            from ..model import MLPolar, save_model
+        except ImportError:   # a checkout without the model: the checkpoint is the model
+            MLPolar = save_model = None
+        if MLPolar is not None and isinstance(model, MLPolar) and self.reference_in_model:
             save_model(model, str(self.run_dir / "model.pt"))
         return out
 
