@@ -37,10 +37,9 @@ def receiver_coefficients(charges: torch.Tensor, dipoles: Optional[torch.Tensor]
         cols.append(dipoles if dipoles is not None else charges.new_zeros(n, 3))
     if deg >= 2:
         assert quadrupoles is not None
-        # (xx, xy, xz, yy, yz, zz) of Theta with their weights in d (lists inline: TorchScript
-        # does not read module-level lists)
-        w = torch.tensor([1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0],
-                         dtype=charges.dtype, device=charges.device)
+        # (xx, xy, xz, yy, yz, zz) of Theta with their weights in d. Written as integers / 3:
+        # TorchScript builds torch.tensor(list of floats) through float32, which would round 1/3.
+        w = torch.tensor([1.0, 2.0, 2.0, 1.0, 2.0, 1.0], dtype=charges.dtype, device=charges.device) / 3.0
         th = torch.stack([quadrupoles[:, 0, 0], quadrupoles[:, 0, 1], quadrupoles[:, 0, 2],
                           quadrupoles[:, 1, 1], quadrupoles[:, 1, 2], quadrupoles[:, 2, 2]], dim=1)
         cols.append(th * w)

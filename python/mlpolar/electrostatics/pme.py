@@ -4,7 +4,6 @@ Spreading and gathering run in the compiled operators on grid coordinates u = K 
 coordinates); the frame change, the FFTs and the influence function are torch operations, so
 the gradient with respect to the box (the virial) follows from autograd.
 """
-import functools
 import math
 from typing import List
 
@@ -15,32 +14,36 @@ from .multipoles import from_frame, to_frame
 
 
 def bspline_moduli(K: int, order: int, dtype: torch.dtype, device: torch.device, rfft: bool = False) -> torch.Tensor:
-    """|b(m)|^2 of smooth PME (Essmann et al. 1995) for m = 0..K-1 (or 0..K//2 when rfft)."""
-    mod = _bspline_moduli(K, order)
+    """|b(m)|^2 of smooth PME (Essmann et al. 1995) for m = 0..K-1 (or 0..K//2 when rfft).
+
+    Recomputed on each call (K x order work, negligible next to the FFTs); written without
+    recursion or caches so that TorchScript compiles it for the exported model.
+    """
+    w = _bspline_at_integers(order)[None, :]
+    m = torch.arange(K, dtype=torch.float64)
+    k = torch.arange(order - 1, dtype=torch.float64)
+    arg = 2.0 * math.pi * m[:, None] * k[None, :] / K
+    re = (w * torch.cos(arg)).sum(1)
+    im = (w * torch.sin(arg)).sum(1)
+    mod = re * re + im * im
+    # odd orders vanish at the Nyquist frequency: interpolate from the neighbours as OpenMM does
+    neighbours = 0.5 * (torch.roll(mod, 1) + torch.roll(mod, -1))
+    mod = torch.where(mod < 1e-7, neighbours, mod)
     if rfft:
         mod = mod[: K // 2 + 1]
     return mod.to(dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=64)
-def _bspline_moduli(K: int, order: int) -> torch.Tensor:
-    # cardinal B-spline values at integers via the recursion M_n(x) = x/(n-1) M_{n-1}(x) + (n-x)/(n-1) M_{n-1}(x-1)
-    def M_at(n: int, x: float) -> float:
-        if n == 1:
-            return 1.0 if 0.0 <= x < 1.0 else 0.0
-        return (x * M_at(n - 1, x) + (n - x) * M_at(n - 1, x - 1.0)) / (n - 1)
-    vals = [M_at(order, float(k + 1)) for k in range(order - 1)]
-    m = torch.arange(K, dtype=torch.float64)
-    k = torch.arange(order - 1, dtype=torch.float64)
-    arg = 2.0 * math.pi * m[:, None] * k[None, :] / K
-    re = (torch.tensor(vals, dtype=torch.float64)[None, :] * torch.cos(arg)).sum(1)
-    im = (torch.tensor(vals, dtype=torch.float64)[None, :] * torch.sin(arg)).sum(1)
-    mod = re * re + im * im
-    # odd orders vanish at the Nyquist frequency: interpolate as OpenMM does
-    for i in range(K):
-        if mod[i] < 1e-7:
-            mod[i] = 0.5 * (mod[(i - 1) % K] + mod[(i + 1) % K])
-    return mod
+def _bspline_at_integers(order: int) -> torch.Tensor:
+    """Cardinal B-spline M_order at x = 1..order-1 (float64), from
+    M_n(x) = (x M_{n-1}(x) + (n-x) M_{n-1}(x-1)) / (n-1). Tensor arithmetic throughout: TorchScript
+    rounds Python float lists and scalar stores through float32."""
+    x = torch.arange(order + 1, dtype=torch.float64)
+    m = (x == 0).to(torch.float64)   # M_1 at x = 0..order
+    for n in range(2, order + 1):
+        prev = torch.cat([torch.zeros(1, dtype=torch.float64), m[:-1]])
+        m = (x * m + (n - x) * prev) / (n - 1)
+    return m[1:order]
 
 
 def influence_function(box: torch.Tensor, grid: List[int], alpha: float, order: int) -> torch.Tensor:

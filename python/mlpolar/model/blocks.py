@@ -44,9 +44,9 @@ class CartesianBlock(nn.Module):
         self.gates = nn.Linear(C, 2 * C)
 
     def forward(self, s: torch.Tensor, v: torch.Tensor, t: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                u: torch.Tensor, basis: torch.Tensor):
+                u: torch.Tensor, basis: torch.Tensor, env: torch.Tensor):
         n, C, E = s.shape[0], self.channels, i.shape[0]
-        R = self.radial(basis).view(E, 9, C)
+        R = (self.radial(basis) * env[:, None]).view(E, 9, C)
         sj = self.mix_s(s)[j]                    # [E, C]
         vj = self.mix_v(v)[j]                    # [E, 3, C]
         tj = self.mix_t(t)[j]                    # [E, 3, 3, C]
@@ -85,9 +85,9 @@ class ChargeBlock(nn.Module):
         self.charge_head = nn.Linear(C, 4)   # new (q_α, q_β, Fukui logits α, β) before equilibration
 
     def forward(self, s: torch.Tensor, q: torch.Tensor, phi: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                basis: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                basis: torch.Tensor, env: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         n = s.shape[0]
-        m = self.radial(basis) * self.mix(s)[j]
+        m = self.radial(basis) * env[:, None] * self.mix(s)[j]
         M = torch.zeros(n, self.channels, dtype=s.dtype, device=s.device).index_add(0, i, m) * self.norm
         qb = (basis[:, :, None] * q[j][:, None, :]).reshape(i.shape[0], -1)   # [E, 2K]
         Q = torch.zeros(n, qb.shape[1], dtype=s.dtype, device=s.device).index_add(0, i, qb)

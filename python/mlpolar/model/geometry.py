@@ -46,10 +46,11 @@ def envelope(x: torch.Tensor, p: int) -> torch.Tensor:
     return torch.where(x < 1.0, u, torch.zeros_like(x))
 
 
-def bessel_basis(d: torch.Tensor, cutoff: float, n: int, p: int) -> torch.Tensor:
-    """Radial basis [E, n]: sqrt(2/rc) sin(kπ d/rc)/d times the smooth envelope (zero at rc with its
-    first two derivatives, so energies and forces are continuous when a pair crosses the cutoff)."""
+def bessel_basis(d: torch.Tensor, cutoff: float, n: int, p: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(radial basis [E, n], envelope [E]): sqrt(2/rc) sin(kπ d/rc)/d times the smooth envelope, and
+    the envelope itself (zero at rc with its first two derivatives). Every learned radial weight is
+    multiplied by the envelope too, so energies and forces are continuous when a pair crosses rc."""
     k = torch.arange(1, n + 1, dtype=d.dtype, device=d.device) * math.pi / cutoff
-    x = d / cutoff
+    env = envelope(d / cutoff, p)
     basis = math.sqrt(2.0 / cutoff) * torch.sin(k[None, :] * d[:, None]) / d[:, None]
-    return basis * envelope(x, p)[:, None]
+    return basis * env[:, None], env

@@ -158,7 +158,7 @@ class MLPolar(nn.Module):
         i, j, r = neighbour_pairs(positions, self.cutoff, box)
         dist = r.norm(p=2, dim=1)
         u = r / dist[:, None]
-        basis = bessel_basis(dist, self.cutoff, self.radial_basis, self.envelope_power)
+        basis, env = bessel_basis(dist, self.cutoff, self.radial_basis, self.envelope_power)
 
         # MM Taylor features (φ, ∇φ, ∇∇φ, ∇∇∇φ of the MM charges at the ML atoms) and the external field
         T0 = positions.new_zeros(n)
@@ -178,7 +178,7 @@ class MLPolar(nn.Module):
             v = positions.new_zeros(n, 3, s.shape[1])
             t = positions.new_zeros(n, 3, 3, s.shape[1])
             for block in self.cartesian_blocks:
-                s, v, t = block(s, v, t, i, j, u, basis)
+                s, v, t = block(s, v, t, i, j, u, basis, env)
             out = self.charge_head(s)
             q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
             # dipoles in units of e·ℓ and quadrupoles of e·ℓ² (ℓ = feature_length)
@@ -206,7 +206,7 @@ class MLPolar(nn.Module):
             for block in self.charge_blocks:
                 # MPNICE: the block sees the current charges and their potential, then re-equilibrates
                 _, V = self._ml_field(positions, q.sum(1), None, None, widths, box, 0)
-                s, out = block(s, q, (V[:, 0] + T0) * (ell / k), i, j, basis)
+                s, out = block(s, q, (V[:, 0] + T0) * (ell / k), i, j, basis, env)
                 q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
             for update in self.charge_updates:
                 _, V = self._ml_field(positions, q.sum(1), None, None, widths, box, 1)
