@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "generate": ("mlpolar.data.generate", "sample configurations and label them with QM/MM DFT"),
     "md": ("mlpolar.workflows.md_command", "ML/MM molecular dynamics (default: the shipped example)"),
     "fe": ("mlpolar.workflows.fe_command", "MM -> ML/MM free-energy corrections on Dask"),
+    "train": ("mlpolar.train.command", "train or resume a model from a YAML config"),
+    "evaluate": ("mlpolar.train.evaluate", "metrics and parity plots of a model on label stores"),
 }
 
 

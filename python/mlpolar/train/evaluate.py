@@ -1,0 +1,114 @@
+"""``mlpolar evaluate MODEL DATA...``: the issue's metrics and parity plots of a model on label
+stores. MODEL is a training checkpoint (its EMA weights are used) or a file written by
+``mlpolar.model.save_model``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .baseline import baseline_interaction_energies
+from .dataset import load_store
+from .metrics import compute_metrics, parity_plots
+from .predict import predict
+
+
+def evaluate_configs(model, configs, *, reference: Optional[Dict[str, torch.Tensor]] = None,
+                     default_head: Optional[str] = None, baseline: bool = True,
+                     plots_dir=None, prefix: str = "", title: str = "") -> dict:
+    """Predictions of ``model`` on ``configs`` -> metrics dict (kcal/mol, kcal/mol/Å). The
+    fixed-charge baseline is computed when the QM region is the openmmtools ligand."""
+    pred = {k: [] for k in ("energy", "qm_forces", "mm_forces", "interaction_energy", "charges",
+                            "dipole")}
+    ref = {k: [] for k in ("energy", "qm_forces", "mm_forces", "interaction_energy", "charges",
+                           "dipole", "qm_positions", "mm_positions")}
+    for c in configs:
+        head = c.head or default_head
+        r = reference.get(head) if reference else None
+        p = predict(model, c, head, reference=r, interaction=True)
+        for k in pred:
+            if k in p:
+                pred[k].append(p[k].cpu().double().numpy())
+        ref["energy"].append(float(c.energy))
+        ref["interaction_energy"].append(float(c.energy - c.energy_vacuum))
+        for k, v in (("qm_forces", c.qm_forces), ("mm_forces", c.mm_forces),
+                     ("charges", c.charges), ("dipole", c.dipole),
+                     ("qm_positions", c.positions), ("mm_positions", c.mm_positions)):
+            ref[k].append(v.cpu().double().numpy())
+    pred = {k: v for k, v in pred.items() if len(v) == len(configs)}
+    base = None
+    if baseline:
+        try:
+            base, _ = baseline_interaction_energies(configs)
+        except ValueError:
+            base = None   # not the openmmtools ligand: no AM1-BCC charges to compare with
+    m = compute_metrics(pred, ref, base)
+    if plots_dir is not None:
+        m["plots"] = [str(p) for p in parity_plots(pred, ref, plots_dir, prefix, title, base)]
+    return m
+
+
+def load_for_evaluation(path, device="cpu", dtype=torch.float64):
+    """(model, reference per head or None, default head) from a checkpoint or a saved model."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    obj = None
+    try:
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception:  # noqa: BLE001 - not a torch.save pickle: try the model's own format
+        obj = None
+    if isinstance(obj, dict) and obj.get("format") == "mlpolar-train-checkpoint":
+        from .trainer import model_from_checkpoint
+        return model_from_checkpoint(obj, device=device, dtype=dtype)
+    try:
+        from ..model import load_model
+    except ImportError as e:
+        raise ValueError(f"{path} is not a training checkpoint and mlpolar.model (load_model) is "
+                         "not available to read it") from e
+    model = load_model(str(path), map_location=device).to(dtype=dtype)
+    return model, None, model.heads[0]
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("model", help="training checkpoint (.pt from 'mlpolar train') or saved model")
+    ap.add_argument("data", nargs="+", help="label store(s) (HDF5, docs/data.md)")
+    ap.add_argument("--indices", help="frames to evaluate, 'start:stop[:step]' (default: all)")
+    ap.add_argument("--head", help="model head (default: the checkpoint's / the first)")
+    ap.add_argument("--out", default="evaluation", help="folder for parity plots and metrics.json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+
+
+def command(a: argparse.Namespace) -> int:
+    from ..data.store import LabelStore
+    from .config import select_indices
+    dtype = getattr(torch, a.dtype)
+    model, reference, head = load_for_evaluation(a.model, a.device, dtype)
+    head = a.head or head
+    if head not in list(model.heads):
+        raise ValueError(f"--head {head!r} is not one of the model's heads {list(model.heads)}")
+    out = Path(a.out)
+    results = {}
+    for path in a.data:
+        with LabelStore(path, mode="r") as s:
+            idx = select_indices(a.indices, s.done_indices())
+        if not idx:
+            raise ValueError(f"no configurations of {path} selected by --indices {a.indices!r}")
+        configs = [c.to(a.device, dtype) for c in load_store(path, idx, head=head)]
+        name = Path(path).stem
+        m = evaluate_configs(model, configs, reference=reference, default_head=head,
+                             plots_dir=out, prefix=f"{name}_", title=name)
+        results[str(path)] = m
+        print(f"{name}: {m['n_configurations']} configurations")
+        for k, v in m.items():
+            if k not in ("plots", "n_configurations"):
+                print(f"  {k:36s} {v:.4g}" if isinstance(v, float) else f"  {k:36s} {v}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(results, indent=1))
+    print(f"metrics and parity plots in {out}")
+    return 0

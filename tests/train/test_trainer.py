@@ -1,0 +1,157 @@
+"""The training loop on real labels with the tiny model: forces by autograd, loss decrease,
+reference energies, exact resume from a checkpoint, rebuilding a model from a checkpoint."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from mlpolar.train.dataset import load_store
+from mlpolar.train.predict import predict
+from mlpolar.train.trainer import Trainer, model_from_checkpoint
+from tiny_model import TinyPolarModel
+
+
+def test_predict_forces_are_minus_the_energy_gradient(store_path):
+    """QM and MM forces of predict() against central finite differences (float64)."""
+    torch.manual_seed(0)
+    c = load_store(store_path, [1])[0]
+    # a few MM charges keep the finite differences cheap; the physics is the same
+    keep = torch.linalg.norm(c.mm_positions - c.positions.mean(0), dim=1).argsort()[:30]
+    c.mm_positions, c.mm_charges = c.mm_positions[keep], c.mm_charges[keep]
+    model = TinyPolarModel([1, 6], ["h"], hidden=8).double()
+    p = predict(model, c, "h")
+    h = 1e-5
+
+    def energy(pos, mm):
+        q = torch.tensor([0.0], dtype=torch.float64)
+        return float(model(c.species, pos, q, torch.tensor([1]), None, mm, c.mm_charges,
+                           None, None, "h")["energy"].detach())
+    for (which, i, k) in [("qm", 0, 0), ("qm", 9, 2), ("mm", 0, 1), ("mm", 17, 0)]:
+        pos, mm = c.positions.clone(), c.mm_positions.clone()
+        x = pos if which == "qm" else mm
+        x[i, k] += h
+        ep = energy(pos, mm)
+        x[i, k] -= 2 * h
+        em = energy(pos, mm)
+        fd = -(ep - em) / (2 * h)
+        f = p["qm_forces" if which == "qm" else "mm_forces"][i, k]
+        assert float(f) == pytest.approx(fd, rel=1e-6, abs=1e-6)
+    # the dipole about the centroid of the QM positions, as the labels
+    x = c.positions - c.positions.mean(0)
+    torch.testing.assert_close(p["dipole"], (p["charges"][:, None] * x).sum(0))
+
+
+def test_loss_decreases(make_config):
+    cfg = make_config(epochs=4, batch_size=3, optimizer={"name": "adamw", "lr": 0.05})
+    t = Trainer(cfg)
+    before, _ = t.batch_loss(t.model, t.data["train"], create_graph=False)
+    t.train()
+    after, _ = t.batch_loss(t.model, t.data["train"], create_graph=False)
+    assert float(after) < 0.97 * float(before)
+
+
+def test_reference_energies_go_into_the_model(make_config):
+    t = Trainer(make_config())
+    assert t.reference_in_model
+    head = t.default_head
+    assert head == "b3lyp-d3bj/def2-svp"
+    ref = torch.tensor(t.reference[head], dtype=torch.float64)
+    torch.testing.assert_close(t.model.energy_ref[0], ref.to(t.model.energy_ref))
+    # the fitted reference carries the mean of the training energies
+    e = np.array([float(c.energy) for c in t.data["train"]])
+    assert np.mean(e - (8 * ref[1].item() + 10 * ref[0].item())) == pytest.approx(0, abs=1e-6)
+
+
+def _state(t):
+    return {"model": t.model.state_dict(), "ema": t.ema.state_dict(),
+            "opt": t.optimizer.state_dict()["state"], "sched": t.scheduler.state_dict(),
+            "epoch": t.epoch, "best": t.best_val}
+
+
+def _assert_same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    else:
+        assert a == b
+
+
+def _log(path):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+
+
+def test_resume_equals_an_uninterrupted_run(make_config, tmp_path):
+    full = Trainer(make_config(run="full", epochs=2))
+    full.train()
+    part = Trainer(make_config(run="part", epochs=2))
+    part.train(stop_after=1)   # as if killed after the first epoch's checkpoint
+    assert part.epoch == 1
+    # a new process would build a fresh Trainer: same config, picks up checkpoint.pt
+    resumed = Trainer(make_config(run="part", epochs=2))
+    assert resumed.epoch == 1
+    resumed.train()
+    _assert_same(_state(full), _state(resumed))
+    assert _log(tmp_path / "full" / "log.csv") == _log(tmp_path / "part" / "log.csv")
+    assert len(_log(tmp_path / "part" / "log.csv")) == 2
+    # the split is recorded and reused
+    assert resumed.split == full.split
+
+
+def test_checkpoint_rebuilds_the_model_and_finish_writes_metrics(make_config, tmp_path):
+    t = Trainer(make_config(epochs=1, plots=True))
+    t.train()
+    m = t.finish()
+    for part in ("val", "test", "test_file"):
+        assert set(m[part]) >= {"energy_mae_kcal", "qm_force_mae_kcal_A", "mm_force_mae_kcal_A",
+                                "interaction_mae_kcal", "baseline_interaction_mae_kcal",
+                                "interaction_mae_ratio_to_baseline"}
+    assert m["test_file"]["n_configurations"] == 2
+    assert (tmp_path / "run" / "plots" / "test_file_parity_energy.png").exists()
+    assert (tmp_path / "run" / "metrics.json").exists()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    model, ref, head = model_from_checkpoint(ckpt)
+    c = t.data["val"][0]
+    a = predict(model, c, head, reference=None if ref is None else ref[head])
+    b = predict(t.eval_model, c, head)
+    torch.testing.assert_close(a["energy"], b["energy"])
+    torch.testing.assert_close(a["mm_forces"], b["mm_forces"])
+
+
+def test_bad_inputs_fail_before_work(make_config):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Trainer({**make_config(), "device": "cuda"})
+    cfg = make_config()
+    cfg["model"]["kwargs"]["heads"] = ["other"]
+    with pytest.raises(ValueError, match="not heads of the model"):
+        Trainer(cfg)
+    cfg = make_config()
+    cfg["data"]["split"] = {"train": 1.0, "val": 0.0}
+    with pytest.raises(ValueError, match="validation"):
+        Trainer(cfg)
+
+
+def test_two_heads_each_with_its_reference(make_config):
+    cfg = make_config(epochs=1, batch_size=4)
+    cfg["data"]["train"] = [{"path": cfg["data"]["train"][0]["path"], "indices": "0:4", "head": "a"},
+                            {"path": cfg["data"]["train"][0]["path"], "indices": "4:8", "head": "b"}]
+    cfg["data"]["test"] = []
+    cfg["data"]["split"] = {"train": 0.75, "val": 0.25}
+    t = Trainer(cfg)
+    assert t.model.heads == ["a", "b"]
+    assert {c.head for c in t.data["train"]} == {"a", "b"}
+    for k, h in enumerate(("a", "b")):
+        e = np.array([float(c.energy) for c in t.data["train"] if c.head == h])
+        ref = t.model.energy_ref[k]
+        assert np.mean(e - (8 * ref[1].item() + 10 * ref[0].item())) == pytest.approx(0, abs=1e-6)
+    assert not torch.equal(t.model.energy_ref[0], t.model.energy_ref[1])
+    before = [p.detach().clone() for p in t.model.net[-1].parameters()]
+    t.train()
+    # both heads' output columns were trained
+    w_before, w_after = before[0], t.model.net[-1].weight.detach()
+    assert not torch.equal(w_before[0], w_after[0]) and not torch.equal(w_before[1], w_after[1])
