@@ -42,6 +42,17 @@ at::Tensor pme_spread_cpu(const at::Tensor& grid_positions, const at::Tensor& co
                           int64_t order);
 at::Tensor pme_gather_cpu(const at::Tensor& grid_positions, const at::Tensor& grid, int64_t deg, int64_t order);
 
+// Fukui equilibration (fukui_cpu.cpp; CUDA in cuda_dispatch_fukui.cpp).
+at::Tensor fukui_equilibrate_cpu(const at::Tensor& charges, const at::Tensor& logits, const at::Tensor& targets,
+                                 const at::Tensor& fragments);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fukui_equilibrate_backward_cpu(const at::Tensor& grad_out,
+                                                                              const at::Tensor& charges,
+                                                                              const at::Tensor& logits,
+                                                                              const at::Tensor& targets,
+                                                                              const at::Tensor& fragments);
+void check_fukui_args(const at::Tensor& charges, const at::Tensor& logits, const at::Tensor& targets,
+                      const at::Tensor& fragments);
+
 // Argument checks common to every device.
 void check_field_args(const at::Tensor& positions, const at::Tensor& coeffs, const c10::optional<at::Tensor>& widths,
                       const c10::optional<at::Tensor>& box, const at::Tensor& excl_ptr, const at::Tensor& excl_idx,

@@ -32,6 +32,14 @@ at::Tensor spread_meta(const at::Tensor&, const at::Tensor& coeffs, at::IntArray
 at::Tensor gather_meta(const at::Tensor& grid_positions, const at::Tensor& grid, int64_t deg, int64_t) {
   return at::empty({grid_positions.size(0), (int64_t)ncart((int)deg)}, grid.options());
 }
+at::Tensor fukui_meta(const at::Tensor& charges, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  return at::empty_like(charges);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fukui_backward_meta(const at::Tensor&, const at::Tensor& charges,
+                                                                   const at::Tensor&, const at::Tensor& targets,
+                                                                   const at::Tensor&) {
+  return {at::empty_like(charges), at::empty_like(charges), at::empty_like(targets)};
+}
 
 }  // namespace
 }  // namespace mlpolar
@@ -54,6 +62,12 @@ TORCH_LIBRARY(mlpolar, m) {
   m.def("pme_spread(Tensor grid_positions, Tensor coeffs, int[] grid_size, int order) -> Tensor");
   // sum_g grid(g) d^t W(u_i, g), |t| <= deg.
   m.def("pme_gather(Tensor grid_positions, Tensor grid, int deg, int order) -> Tensor");
+  // Fukui equilibration per fragment and spin channel: q_i + w_i (targets_f - sum_{j in f} q_j),
+  // w the softmax of the logits over the fragment; charges, logits [n, 2], targets [F, 2], fragments [n].
+  m.def("fukui_equilibrate(Tensor charges, Tensor logits, Tensor targets, Tensor fragments) -> Tensor");
+  // Its vector-Jacobian product: (grad charges, grad logits, grad targets); differentiable again.
+  m.def("fukui_equilibrate_backward(Tensor grad_out, Tensor charges, Tensor logits, Tensor targets, "
+        "Tensor fragments) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mlpolar, CPU, m) {
@@ -62,6 +76,8 @@ TORCH_LIBRARY_IMPL(mlpolar, CPU, m) {
   m.impl("multipole_field2", &mlpolar::multipole_field2_cpu);
   m.impl("pme_spread", &mlpolar::pme_spread_cpu);
   m.impl("pme_gather", &mlpolar::pme_gather_cpu);
+  m.impl("fukui_equilibrate", &mlpolar::fukui_equilibrate_cpu);
+  m.impl("fukui_equilibrate_backward", &mlpolar::fukui_equilibrate_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(mlpolar, Meta, m) {
@@ -70,4 +86,6 @@ TORCH_LIBRARY_IMPL(mlpolar, Meta, m) {
   m.impl("multipole_field2", &mlpolar::field2_meta);
   m.impl("pme_spread", &mlpolar::spread_meta);
   m.impl("pme_gather", &mlpolar::gather_meta);
+  m.impl("fukui_equilibrate", &mlpolar::fukui_meta);
+  m.impl("fukui_equilibrate_backward", &mlpolar::fukui_backward_meta);
 }

@@ -146,4 +146,4 @@ def fukui_equilibrate(charges: torch.Tensor, fukui_logits: torch.Tensor, total_c
     """
     frag = _check_arguments(charges, fukui_logits, total_charge, multiplicity, fragments, n_electrons)
     targets = spin_channel_targets(total_charge, multiplicity).to(charges.dtype)
-    return fukui_equilibrate_reference(charges, fukui_logits, targets, frag)
+    return torch.ops.mlpolar.fukui_equilibrate(charges, fukui_logits, targets, frag)
