@@ -62,7 +62,7 @@ def run_mlpolar(ml, w, mm, q, box, cutoff, long_range):
     T = mm_features(x, w, y, q, box=box, cutoff=cutoff, switch_width=0.1, long_range=long_range)
     E = T.T0.sum() + T.T1.sum() + T.T2.sum() + T.T3.sum()
     gx, gy = torch.autograd.grad(E, (x, y))
-    return float(E), gx, gy
+    return float(E.detach()), gx, gy
 
 
 def run_torch(ml, w, mm, q, box, cutoff):
@@ -85,7 +85,7 @@ def run_torch(ml, w, mm, q, box, cutoff):
     t = [torch.autograd.grad(h[a][:, b].sum(), x, create_graph=True)[0] for a in range(3) for b in range(3)]
     E = phi.sum() + g.sum() + sum(v.sum() for v in h) + sum(v.sum() for v in t)
     gx, gy = torch.autograd.grad(E, (x, y))
-    return float(E), gx, gy
+    return float(E.detach()), gx, gy
 
 
 def run_mlipops(ml, w, mm, q, box, cutoff):
@@ -95,7 +95,7 @@ def run_mlipops(ml, w, mm, q, box, cutoff):
     x, y = ml.clone().requires_grad_(True), mm.clone().requires_grad_(True)
     E = calc.compute_potential(x, y, q).sum()
     gx, gy = torch.autograd.grad(E, (x, y))
-    return float(E), gx, gy
+    return float(E.detach()), gx, gy
 
 
 def one_case(args) -> dict:
@@ -137,7 +137,9 @@ def main():
     p.add_argument("--n-mm", default="5000,25000,100000")
     p.add_argument("--cutoffs", default="1.2")
     p.add_argument("--methods", default="mlpolar-f32,mlpolar-f64,mlpolar-ewald-f64,torch-f64,mlipops-nc-f64")
-    p.add_argument("--max-dense", type=int, default=25000, help="largest N_MM for torch / mlipops (dense ML x MM)")
+    p.add_argument("--max-dense", type=int, default=25000, help="largest N_MM for mlipops (dense ML x MM)")
+    p.add_argument("--max-torch", type=int, default=250000, help="largest N_ML * N_MM for the plain PyTorch version "
+                   "(its nested autograd takes seconds per call)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
@@ -156,6 +158,8 @@ def main():
             for n_ml in [int(n) for n in args.n_ml.split(",")]:
                 for method in args.methods.split(","):
                     if not method.startswith("mlpolar") and n_mm > args.max_dense:
+                        continue
+                    if method.startswith("torch") and n_ml * n_mm > args.max_torch:
                         continue
                     cmd = [sys.executable, __file__, "--one", "--method", method, "--n-ml", str(n_ml), "--n-mm",
                            str(n_mm), "--cutoff", str(cutoff), "--device", args.device, "--threads",

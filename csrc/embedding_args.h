@@ -15,31 +15,43 @@ struct EmbeddingInputs {
   at::Tensor recv_pos, src_pos, coeffs, recv_widths, src_widths, excl_ptr, excl_idx, recv_list, src_list;
 };
 
-// Minimum image of displacements d [n, 3] (double) in a reduced box, as minimum_image() does per pair.
-inline at::Tensor minimum_image_rows(const at::Tensor& d, const std::array<double, 9>& h) {
+// Lattice vector n_a a + n_b b + n_c c (integers n) that the minimum image of d [n, 3] (double)
+// subtracts in a reduced box, found as minimum_image() does per pair.
+inline at::Tensor image_shift_rows(const at::Tensor& d, const std::array<double, 9>& h) {
   at::Tensor x = d.select(1, 0), y = d.select(1, 1), z = d.select(1, 2);
-  at::Tensor s = at::round(z / h[8]);
-  x = x - s * h[6];
-  y = y - s * h[7];
-  z = z - s * h[8];
-  s = at::round(y / h[4]);
-  x = x - s * h[3];
-  y = y - s * h[4];
-  s = at::round(x / h[0]);
-  x = x - s * h[0];
-  return at::stack({x, y, z}, 1);
+  at::Tensor sc = at::round(z / h[8]);
+  at::Tensor sb = at::round((y - sc * h[7]) / h[4]);
+  at::Tensor sa = at::round((x - sc * h[6] - sb * h[3]) / h[0]);
+  return at::stack({sa * h[0] + sb * h[3] + sc * h[6], sb * h[4] + sc * h[7], sc * h[8]}, 1);
 }
+
+inline at::Tensor minimum_image_rows(const at::Tensor& d, const std::array<double, 9>& h) {
+  return d - image_shift_rows(d, h);
+}
+
+struct Prefilter {
+  at::Tensor list;    // int32 indices of the kept sites of the wide set
+  at::Tensor centre;  // [1, 3] double, centre of the compact set (when `imaged`)
+  bool imaged = false;
+};
 
 // Indices (int32) of the sites of `wide` that can be within `cutoff` of some site of `compact`:
 // those within R + cutoff of the compact set's centroid, R its radius. Everything when the
-// compact set is not compact enough for minimum images about its centroid to be unique.
-inline at::Tensor prefilter(const at::Tensor& compact, const at::Tensor& wide, const c10::optional<std::array<double, 9>>& h,
-                            double cutoff, const c10::optional<at::Tensor>& also) {
+// compact set is not compact enough for minimum images about its centroid to be unique; when
+// they are unique (reach <= half the box), every pair inside the cutoff is the difference of the
+// two sites' images about the centre, and `imaged` says so.
+Prefilter prefilter_cpu(const at::Tensor& compact, const at::Tensor& wide, const c10::optional<std::array<double, 9>>& h,
+                        double cutoff, const c10::optional<at::Tensor>& also);
+
+inline Prefilter prefilter(const at::Tensor& compact, const at::Tensor& wide, const c10::optional<std::array<double, 9>>& h,
+                           double cutoff, const c10::optional<at::Tensor>& also) {
+  if (wide.device().is_cpu()) return prefilter_cpu(compact, wide, h, cutoff, also);
+  Prefilter out;
   const auto idx_opts = wide.options().dtype(at::kInt);
-  if (wide.size(0) == 0) return at::empty({0}, idx_opts);
-  if (compact.size(0) == 0) {
-    if (also.has_value()) return at::nonzero(*also).view({-1}).to(at::kInt).contiguous();
-    return at::empty({0}, idx_opts);
+  if (wide.size(0) == 0 || compact.size(0) == 0) {
+    out.list = (also.has_value() && wide.size(0) > 0) ? at::nonzero(*also).view({-1}).to(at::kInt).contiguous()
+                                                      : at::empty({0}, idx_opts);
+    return out;
   }
   at::Tensor c = compact.detach().to(at::kDouble), w = wide.detach().to(at::kDouble);
   auto image = [&](const at::Tensor& d) { return h.has_value() ? minimum_image_rows(d, *h) : d; };
@@ -47,11 +59,26 @@ inline at::Tensor prefilter(const at::Tensor& compact, const at::Tensor& wide, c
   at::Tensor centre = c0 + image(c - c0).mean(0, true);
   at::Tensor radius = image(c - centre).norm(2, 1).max();
   const double reach = radius.item<double>() + cutoff;
-  if (h.has_value() && reach > 0.5 * std::min({(*h)[0], (*h)[4], (*h)[8]}))
-    return at::arange(wide.size(0), idx_opts);
+  if (h.has_value() && reach > 0.5 * std::min({(*h)[0], (*h)[4], (*h)[8]})) {
+    out.list = at::arange(wide.size(0), idx_opts);
+    return out;
+  }
   at::Tensor mask = image(w - centre).norm(2, 1) < reach * (1 + 1e-9) + 1e-9;
   if (also.has_value()) mask = at::logical_or(mask, *also);
-  return at::nonzero(mask).view({-1}).to(at::kInt).contiguous();
+  out.list = at::nonzero(mask).view({-1}).to(at::kInt).contiguous();
+  out.centre = centre;
+  out.imaged = h.has_value();
+  return out;
+}
+
+// Positions moved to their minimum images about `centre` (dtype of `pos`).
+at::Tensor imaged_about_cpu(const at::Tensor& pos, const at::Tensor& centre, const std::array<double, 9>& h);
+
+inline at::Tensor imaged_about(const at::Tensor& pos, const at::Tensor& centre, const std::array<double, 9>& h) {
+  if (pos.device().is_cpu()) return imaged_about_cpu(pos, centre, h);
+  // whole lattice vectors off the original positions: a site already at its image stays bit-identical
+  at::Tensor shift = image_shift_rows(pos.detach().to(at::kDouble) - centre, h);
+  return (pos.detach() - shift.to(pos.scalar_type())).contiguous();
 }
 
 template <typename T>
@@ -107,14 +134,24 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
   a.excl_ptr = static_cast<const int64_t*>(in.excl_ptr.data_ptr());
   a.excl_idx = static_cast<const int64_t*>(in.excl_idx.data_ptr());
   // ML-centric search: the compact (smaller) set selects the sites of the other within reach
+  Prefilter pf;
   if (nr <= ns) {
     in.recv_list = at::arange(nr, recv_pos.options().dtype(at::kInt));
-    in.src_list = prefilter(recv_pos, src_pos, h, cutoff, c10::nullopt);
+    pf = prefilter(recv_pos, src_pos, h, cutoff, c10::nullopt);
+    in.src_list = pf.list;
   } else {
     // receivers with exclusions must be visited for their Ewald corrections
     at::Tensor has_excl = (in.excl_ptr.slice(0, 1) - in.excl_ptr.slice(0, 0, nr)) > 0;
-    in.recv_list = prefilter(src_pos, recv_pos, h, cutoff, has_excl);
+    pf = prefilter(src_pos, recv_pos, h, cutoff, has_excl);
+    in.recv_list = pf.list;
     in.src_list = at::arange(ns, src_pos.options().dtype(at::kInt));
+  }
+  if (pf.imaged) {
+    in.recv_pos = imaged_about(recv_pos, pf.centre, *h);
+    in.src_pos = imaged_about(src_pos, pf.centre, *h);
+    a.recv_pos = static_cast<const T*>(in.recv_pos.data_ptr());
+    a.src_pos = static_cast<const T*>(in.src_pos.data_ptr());
+    a.imaged = true;
   }
   a.recv_list = in.recv_list.numel() ? static_cast<const int*>(in.recv_list.data_ptr()) : nullptr;
   a.n_recv_list = (int)in.recv_list.numel();

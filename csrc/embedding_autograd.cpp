@@ -67,15 +67,16 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rp, const at::Tensor& sp, const at::Tensor& c,
                             const at::Tensor& rw, const at::Tensor& sw, const at::Tensor& box, const at::Tensor& excl,
-                            double cutoff, double width, double beta, int64_t deg) {
+                            double cutoff, double width, double beta, int64_t deg, bool graph) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({rp, sp, c, rw, sw, box, excl});
     ctx->saved_data["cutoff"] = cutoff;
     ctx->saved_data["width"] = width;
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["deg"] = deg;
-    if (rp.requires_grad()) {
-      // forces on the receivers will be asked for: one degree more in the same pass
+    if (graph && rp.requires_grad()) {
+      // forces on the receivers will be asked for: one degree more in the same pass (not when
+      // no graph is recorded, e.g. the backward's own calls without create_graph)
       at::Tensor F1 = call_embedding(rp, sp, c, as_optional(rw), as_optional(sw), as_optional(box), excl, cutoff,
                                      width, beta, deg + 1);
       ctx->saved_data["F1"] = F1;
@@ -92,7 +93,7 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     const double beta = ctx->saved_data["beta"].toDouble();
     const int dout = (int)ctx->saved_data["deg"].toInt();
     const int din = degree_of_columns(c.size(1), "coeffs");
-    variable_list out(11);
+    variable_list out(12);
     const at::Tensor G = grads[0];
     if (!G.defined()) return out;
     TORCH_CHECK(!(rw.numel() > 0 && ctx->needs_input_grad(3)) && !(sw.numel() > 0 && ctx->needs_input_grad(4)),
@@ -130,8 +131,9 @@ at::Tensor embedding_autograd(const at::Tensor& rp, const at::Tensor& sp, const 
                               const c10::optional<at::Tensor>& rw, const c10::optional<at::Tensor>& sw,
                               const c10::optional<at::Tensor>& box, const at::Tensor& excl, double cutoff,
                               double width, double beta, int64_t deg) {
+  // inside Function::forward grad mode is always off: whether a graph is recorded is decided here
   return EmbeddingFunction::apply(rp, sp, c, as_tensor(rw, rp), as_tensor(sw, rp), as_tensor(box, rp), excl, cutoff,
-                                  width, beta, deg);
+                                  width, beta, deg, at::GradMode::is_enabled());
 }
 
 }  // namespace

@@ -8,6 +8,9 @@
 #include "ops.h"
 #include "realspace_args.h"
 
+#include <algorithm>
+#include <vector>
+
 namespace mlpolar {
 
 void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
@@ -40,6 +43,94 @@ void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos,
   TORCH_CHECK(cutoff > 0, "cutoff must be positive (nm), got ", cutoff);
   TORCH_CHECK(switch_width >= 0 && switch_width < cutoff, "switch_width must be in [0, cutoff), got ", switch_width);
   TORCH_CHECK(beta >= 0 && (beta == 0 || box.has_value()), "an Ewald splitting parameter needs a periodic box");
+}
+
+namespace {
+
+template <typename T>
+Prefilter prefilter_loop(const at::Tensor& compact_t, const at::Tensor& wide_t, const c10::optional<std::array<double, 9>>& h,
+                         double cutoff, const c10::optional<at::Tensor>& also) {
+  Prefilter out;
+  const at::Tensor ct = compact_t.contiguous(), wt = wide_t.contiguous();
+  const T* c = ct.data_ptr<T>();
+  const T* w = wt.data_ptr<T>();
+  const int64_t nc = ct.size(0), nw = wt.size(0);
+  const bool* extra = nullptr;
+  at::Tensor also_c;
+  if (also.has_value()) {
+    also_c = also->contiguous();
+    extra = also_c.data_ptr<bool>();
+  }
+  std::vector<int> kept;
+  auto image = [&](double& x, double& y, double& z) {
+    if (!h.has_value()) return;
+    const double* b = h->data();
+    minimum_image(b, x, y, z);
+  };
+  if (nc == 0) {
+    for (int64_t k = 0; k < nw; ++k)
+      if (extra && extra[k]) kept.push_back((int)k);
+  } else {
+    double centre[3] = {0, 0, 0};
+    for (int64_t k = 0; k < nc; ++k) {
+      double d[3] = {(double)c[3 * k] - c[0], (double)c[3 * k + 1] - c[1], (double)c[3 * k + 2] - c[2]};
+      image(d[0], d[1], d[2]);
+      for (int a = 0; a < 3; ++a) centre[a] += d[a] / nc;
+    }
+    for (int a = 0; a < 3; ++a) centre[a] += c[a];
+    double radius2 = 0;
+    for (int64_t k = 0; k < nc; ++k) {
+      double x = c[3 * k] - centre[0], y = c[3 * k + 1] - centre[1], z = c[3 * k + 2] - centre[2];
+      image(x, y, z);
+      radius2 = std::max(radius2, x * x + y * y + z * z);
+    }
+    const double reach = std::sqrt(radius2) + cutoff;
+    if (h.has_value() && reach > 0.5 * std::min({(*h)[0], (*h)[4], (*h)[8]})) {
+      out.list = at::arange(nw, wide_t.options().dtype(at::kInt));
+      return out;
+    }
+    const double lim = reach * (1 + 1e-9) + 1e-9, lim2 = lim * lim;
+    for (int64_t k = 0; k < nw; ++k) {
+      double x = w[3 * k] - centre[0], y = w[3 * k + 1] - centre[1], z = w[3 * k + 2] - centre[2];
+      image(x, y, z);
+      if (x * x + y * y + z * z < lim2 || (extra && extra[k])) kept.push_back((int)k);
+    }
+    out.centre = at::tensor(std::vector<double>(centre, centre + 3), at::TensorOptions().dtype(at::kDouble)).view({1, 3});
+    out.imaged = h.has_value();
+  }
+  out.list = at::empty({(int64_t)kept.size()}, wide_t.options().dtype(at::kInt));
+  std::copy(kept.begin(), kept.end(), out.list.data_ptr<int>());
+  return out;
+}
+
+}  // namespace
+
+Prefilter prefilter_cpu(const at::Tensor& compact, const at::Tensor& wide, const c10::optional<std::array<double, 9>>& h,
+                        double cutoff, const c10::optional<at::Tensor>& also) {
+  return wide.scalar_type() == at::kFloat ? prefilter_loop<float>(compact, wide, h, cutoff, also)
+                                          : prefilter_loop<double>(compact, wide, h, cutoff, also);
+}
+
+at::Tensor imaged_about_cpu(const at::Tensor& pos, const at::Tensor& centre, const std::array<double, 9>& h) {
+  at::Tensor out = at::empty_like(pos, at::MemoryFormat::Contiguous);
+  const at::Tensor p = pos.contiguous();
+  const double* cc = centre.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "imaged_about_cpu", [&] {
+    const scalar_t* src = p.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < p.size(0); ++k) {
+      // whole lattice vectors off the original position (as minimum_image() finds them): a site
+      // already at its image stays bit-identical
+      const double x = src[3 * k] - cc[0], y = src[3 * k + 1] - cc[1], z = src[3 * k + 2] - cc[2];
+      const double sc = std::round(z / h[8]);
+      const double sb = std::round((y - sc * h[7]) / h[4]);
+      const double sa = std::round((x - sc * h[6] - sb * h[3]) / h[0]);
+      dst[3 * k] = src[3 * k] - (scalar_t)(sa * h[0] + sb * h[3] + sc * h[6]);
+      dst[3 * k + 1] = src[3 * k + 1] - (scalar_t)(sb * h[4] + sc * h[7]);
+      dst[3 * k + 2] = src[3 * k + 2] - (scalar_t)(sc * h[8]);
+    }
+  });
+  return out;
 }
 
 namespace {
@@ -79,7 +170,7 @@ bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
   }
   MLP_CASE(0, 0) MLP_CASE(0, 1) MLP_CASE(0, 2) MLP_CASE(0, 3) MLP_CASE(0, 4) MLP_CASE(0, 5)
   MLP_CASE(1, 0) MLP_CASE(2, 0) MLP_CASE(3, 0) MLP_CASE(4, 0)
-  MLP_CASE(1, 1) MLP_CASE(2, 1) MLP_CASE(3, 1) MLP_CASE(4, 1)
+  MLP_CASE(1, 1) MLP_CASE(2, 1) MLP_CASE(3, 1) MLP_CASE(4, 1) MLP_CASE(3, 2)
 #undef MLP_CASE
   return false;
 }

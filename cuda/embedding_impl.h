@@ -28,6 +28,7 @@ struct EmbeddingArgs {
   const int* src_list = nullptr;   // [n_src_list]
   int n_src_list = 0;
   bool periodic = false;
+  bool imaged = false;  // positions already moved to their images about the compact set's centre
   T box[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
   T cutoff = 0, cutoff2 = 0;
   T switch_on = 0, switch_width = 0;  // switch on [switch_on, cutoff]; width 0: hard cutoff
@@ -124,13 +125,15 @@ MLP_HD bool embedding_excluded(const EmbeddingArgs<T>& a, int i, int j) {
   return false;
 }
 
-// Displacement x = r_i - r_j (minimum image under a box).
+// Displacement x = r_i - r_j: the minimum image for every pair inside the cutoff. When the
+// positions were imaged about the centre of the compact set (reach <= half the box), the plain
+// difference already is that image; `force_image` asks for it at any distance (exclusions).
 template <typename T>
-MLP_HD T embedding_displacement(const EmbeddingArgs<T>& a, int i, int j, T& x, T& y, T& z) {
+MLP_HD T embedding_displacement(const EmbeddingArgs<T>& a, int i, int j, T& x, T& y, T& z, bool force_image = false) {
   x = a.recv_pos[3 * i] - a.src_pos[3 * j];
   y = a.recv_pos[3 * i + 1] - a.src_pos[3 * j + 1];
   z = a.recv_pos[3 * i + 2] - a.src_pos[3 * j + 2];
-  if (a.periodic) minimum_image(a.box, x, y, z);
+  if (a.periodic && (force_image || !a.imaged)) minimum_image(a.box, x, y, z);
   return x * x + y * y + z * z;
 }
 
@@ -156,7 +159,7 @@ MLP_HD void embedding_corrections(const EmbeddingArgs<T>& a, int i, T* out) {
   for (int64_t k = a.excl_ptr[i]; k < a.excl_ptr[i + 1]; ++k) {
     const int j = (int)a.excl_idx[k];
     T x, y, z;
-    const T r2 = embedding_displacement(a, i, j, x, y, z);
+    const T r2 = embedding_displacement(a, i, j, x, y, z, true);
     radial_erf(sqrt(r2), r2, a.beta, L, B);
     for (int n = 0; n <= L; ++n) B[n] = -B[n];
     hermite_tensor<L>(x, y, z, B, R);
