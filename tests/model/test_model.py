@@ -144,7 +144,7 @@ def test_forces_match_finite_differences_periodic():
     box = torch.tensor([[2.0, 0, 0], [0.3, 2.1, 0], [-0.2, 0.4, 1.9]], dtype=DT)
     Q, M = torch.tensor([0.0, 0.0], dtype=DT), torch.tensor([1, 2])
     e, f, _ = energy_and_forces(model, species, pos, Q, M, frags, box=box)
-    assert_directional_derivatives(lambda x: model(species, x, Q, M, frags, box=box)["energy"], pos, -f)
+    assert_directional_derivatives(lambda x: model(species, x, Q, M, frags, box=box)["energy"], pos, -f, n_dirs=2)
 
 
 @pytest.mark.parametrize("variant", ["equivariant", "fast"])
@@ -398,3 +398,29 @@ def test_mm_periodic_scripted_equals_eager():
     # all electrostatics of the ML region under PBC: the MM charges act on it (the waters are neutral)
     vac = model(species, pos, Q, M, box=box)
     assert abs(float(a[0] - vac["energy"])) > 1.0
+
+
+@pytest.mark.parametrize("variant", ["equivariant", "fast"])
+def test_smooth_across_the_mm_cutoff(variant):
+    """One MM charge crossing the embedding cutoff (open boundaries, switched): energy and forces
+    on both sides continuous; inside the switch the charge acts."""
+    model = small(variant)
+    species, pos = WATER
+    rc = model.mm_cutoff
+    q = torch.tensor([0.8], dtype=DT)
+    Q, M = torch.tensor([0.0], dtype=DT), torch.tensor([1])
+    es, fs, fm = [], [], []
+    delta = 1e-6
+    for k in (-3, -1, 1, 3):
+        mm = torch.tensor([[rc + k * delta, 0.0, 0.0]], dtype=DT)   # distance to the oxygen at the origin
+        e, f, f_mm = energy_and_forces(model, species, pos, Q, M, mm_positions=mm, mm_charges=q)
+        es.append(float(e))
+        fs.append(f)
+        fm.append(f_mm)
+
+    def jump(v):
+        return (v[2] - v[1]) - 0.5 * ((v[1] - v[0]) + (v[3] - v[2]))
+    assert abs(jump(es)) < 1e-9   # the charge alone would contribute ~10 kJ/mol at rc unswitched
+    assert float(jump(fs).abs().max()) < 1e-7 and float(jump(fm).abs().max()) < 1e-7
+    inside = run(model, species, pos, mm_positions=torch.tensor([[rc - 0.15, 0.0, 0.0]], dtype=DT), mm_charges=q)
+    assert abs(float(inside["energy_embedding"])) > 1e-3

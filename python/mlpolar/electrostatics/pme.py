@@ -86,46 +86,15 @@ def reciprocal_field(positions: torch.Tensor, d: torch.Tensor, box: torch.Tensor
 # --- TorchScript-compatible variants (issue 3: the embedding runs inside scripted models) ---
 
 def bspline_moduli_scripted(K: int, order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """|b(m)|^2 for m = 0..K-1, as bspline_moduli but without a cache, so that it compiles."""
-    vals = [0.0] * (order + 1)  # M_n(k) at integers k, from M_2 up by the recursion
-    vals[1] = 1.0
-    for n in range(3, order + 1):
-        new = [0.0] * (order + 1)
-        for k in range(1, n):
-            new[k] = (k * vals[k] + (n - k) * vals[k - 1]) / (n - 1)
-        vals = new
-    m = torch.arange(K, dtype=torch.float64)
-    k = torch.arange(order - 1, dtype=torch.float64)
-    arg = 2.0 * math.pi * m[:, None] * k[None, :] / K
-    v = torch.tensor(vals[1:order], dtype=torch.float64)[None, :]
-    mod = (v * torch.cos(arg)).sum(1) ** 2 + (v * torch.sin(arg)).sum(1) ** 2
-    for i in range(K):  # odd orders vanish at the Nyquist frequency: interpolate as OpenMM does
-        if float(mod[i]) < 1e-7:
-            mod[i] = 0.5 * (mod[(i - 1) % K] + mod[(i + 1) % K])
-    return mod.to(dtype=dtype, device=device)
+    """|b(m)|^2 for m = 0..K-1: bspline_moduli, which scripts itself now (kept for issue 3's callers)."""
+    return bspline_moduli(K, order, dtype, device)
 
 
 def influence_function_scripted(box: torch.Tensor, grid: List[int], alpha: float, order: int) -> torch.Tensor:
-    """influence_function (rfft layout, differentiable in the box) that compiles with TorchScript."""
-    K1, K2, K3 = grid[0], grid[1], grid[2]
-    dtype, device = box.dtype, box.device
-    recip = torch.linalg.inv(box)
-    m1 = torch.fft.fftfreq(K1, 1.0 / K1, dtype=dtype, device=device)
-    m2 = torch.fft.fftfreq(K2, 1.0 / K2, dtype=dtype, device=device)
-    m3 = torch.fft.rfftfreq(K3, 1.0 / K3, dtype=dtype, device=device)
-    grids = torch.meshgrid([m1, m2, m3], indexing="ij")
-    mm = torch.stack(grids, dim=-1)
-    kvec = mm @ recip.transpose(0, 1)
-    k2 = (kvec * kvec).sum(-1)
-    k2 = torch.where(k2 == 0, torch.ones_like(k2), k2)
-    volume = torch.det(box)
-    b = (bspline_moduli_scripted(K1, order, dtype, device)[:, None, None]
-         * bspline_moduli_scripted(K2, order, dtype, device)[None, :, None]
-         * bspline_moduli_scripted(K3, order, dtype, device)[: K3 // 2 + 1][None, None, :])
-    G = torch.exp(-(math.pi ** 2) * k2 / alpha ** 2) / (math.pi * volume * k2 * b) * float(K1 * K2 * K3)
-    G = G.clone()
-    G[0, 0, 0] = 0.0
-    return G
+    """influence_function, which scripts itself now (kept for issue 3's callers). The former copy
+    built its B-spline values with torch.tensor(list of floats), which TorchScript rounds through
+    float32: scripted and eager Ewald features then differed at 1e-8 relative."""
+    return influence_function(box, grid, alpha, order)
 
 
 def reciprocal_potential_derivatives(src_positions: torch.Tensor, src_charges: torch.Tensor,

@@ -27,6 +27,11 @@ class MMTaylor(nn.Module):
         n = positions.shape[0]
         T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff, self.max_order,
                         self.switch_width, None, True)
-        T1 = T.T1 if T.T1 is not None else positions.new_zeros(n, 3)
-        T2 = T.T2 if T.T2 is not None else positions.new_zeros(n, 3, 3)
+        T1 = positions.new_zeros(n, 3)
+        T2 = positions.new_zeros(n, 3, 3)
+        t1, t2 = T.T1, T.T2   # locals, so that TorchScript refines the Optionals
+        if t1 is not None:
+            T1 = t1
+        if t2 is not None:
+            T2 = t2
         return T.T0, T1, T2, T.T3

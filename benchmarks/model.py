@@ -1,0 +1,193 @@
+"""Forward + backward (energy and forces on ML and MM atoms) per step of MLPolar, both variants, and of
+mace-torch's PolarMACE with random weights at a comparable size.
+
+    PYTHONPATH=python python benchmarks/model.py [--device cpu|cuda] [--repeats 3] [--out benchmarks/results]
+
+ML regions: the n ∈ {20, 50, 200} atoms of TIP3P water (data/labels/pxylene_water.h5, tiled) nearest its
+centre; MM: 0 or 25,000 further atoms of the same tiled water box (open boundaries, 1.2 nm embedding
+cutoff). PolarMACE has no MM embedding: it runs the ML region alone (Å units, its own graph).
+Writes <out>/model_<device>.csv and prints a table.
+"""
+import argparse
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+
+import h5py
+import torch
+
+from mlpolar.model import MLPolar, MLPolarConfig, energy_and_forces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def water_box(copies=(3, 3, 3)):
+    with h5py.File(ROOT / "data" / "labels" / "pxylene_water.h5", "r") as f:
+        g = f["configs/00000000"]
+        pos = torch.tensor(g["mm_positions"][:], dtype=torch.float64)
+        q = torch.tensor(g["mm_charges"][:], dtype=torch.float64)
+        box = torch.tensor(g["box"][:], dtype=torch.float64)
+    Z = torch.tensor([8, 1, 1] * (len(q) // 3))
+    tiles = [pos + i * box[0] + j * box[1] + k * box[2]
+             for i in range(copies[0]) for j in range(copies[1]) for k in range(copies[2])]
+    pos = torch.cat(tiles)
+    n = len(tiles)
+    return pos, q.repeat(n), Z.repeat(n)
+
+
+def system(n_ml, n_mm, dtype, device):
+    pos, q, Z = water_box()
+    centre = pos.mean(0)
+    order = torch.argsort((pos - centre).norm(dim=1))
+    ml, mm = order[:n_ml], order[n_ml:n_ml + n_mm]
+    species = Z[ml]
+    electrons = int(species.sum())
+    mult = 1 if electrons % 2 == 0 else 2
+    args = dict(species=species.to(device), positions=pos[ml].to(dtype=dtype, device=device),
+                total_charge=torch.zeros(1, dtype=dtype, device=device),
+                multiplicity=torch.tensor([mult], device=device))
+    if n_mm:
+        args["mm_positions"] = pos[mm].to(dtype=dtype, device=device)
+        args["mm_charges"] = q[mm].to(dtype=dtype, device=device)
+    return args
+
+
+def timed(fn, repeats, device):
+    fn()  # warm-up (and TorchScript/cuDNN first-call work)
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def polar_mace(dtype, device, channels):
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    from e3nn import o3
+    from mace.modules import interaction_classes
+    from mace.modules.extensions import PolarMACE
+    torch.manual_seed(0)
+    model = PolarMACE(
+        r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=1,
+        interaction_cls=interaction_classes["RealAgnosticResidualNonLinearInteractionBlock"],
+        interaction_cls_first=interaction_classes["RealAgnosticResidualNonLinearInteractionBlock"],
+        num_interactions=2, num_elements=2, hidden_irreps=o3.Irreps(f"{channels}x0e + {channels}x1o"),
+        MLP_irreps=o3.Irreps("16x0e"), atomic_energies=torch.zeros(2, dtype=dtype), avg_num_neighbors=8.0,
+        atomic_numbers=[1, 8], correlation=1, gate=torch.nn.functional.silu, radial_MLP=[32, 32],
+        radial_type="bessel", kspace_cutoff_factor=1.0, atomic_multipoles_max_l=1,
+        atomic_multipoles_smearing_width=1.0, field_feature_max_l=1, field_feature_widths=[1.0],
+        field_feature_norms=[1.0, 1.0], num_recursion_steps=2, field_si=False,
+        include_electrostatic_self_interaction=False, add_local_electron_energy=True,
+        field_dependence_type="AgnosticEmbeddedOneBodyVariableUpdate",
+        final_field_readout_type="OneBodyMLPFieldReadout", return_electrostatic_potentials=False,
+        heads=["Default"], field_norm_factor=1.0,
+        fixedpoint_update_config={"type": "AgnosticEmbeddedOneBodyVariableUpdate",
+                                  "potential_embedding_cls": "AgnosticChargeBiasedLinearPotentialEmbedding",
+                                  "nonlinearity_cls": "MLPNonLinearity"},
+        field_readout_config={"type": "OneBodyMLPFieldReadout"},
+    ).to(device=device, dtype=dtype)
+    # mace-torch 0.3.16 passes force_pbc_evaluator and pbc keywords that graph_longrange 0.4.4's
+    # GTOElectrostaticFeatures no longer takes (pbc is already in its geometry cache; its
+    # external-source wrapper drops the retired option the same way): drop them for this instance
+    desc = model.electric_potential_descriptor
+    base_geometry, base_dynamic = desc.precompute_geometry, desc.forward_dynamic
+
+    def precompute_geometry(**kwargs):
+        kwargs.pop("force_pbc_evaluator", None)
+        return base_geometry(**kwargs)
+
+    def forward_dynamic(**kwargs):
+        kwargs.pop("pbc", None)
+        return base_dynamic(**kwargs)
+    desc.precompute_geometry, desc.forward_dynamic = precompute_geometry, forward_dynamic
+    return model
+
+
+def polar_mace_batch(model, args, dtype, device):
+    from ase import Atoms
+    from mace import data
+    from mace.tools import torch_geometric, utils
+    pos_A = args["positions"].detach().cpu().double().numpy() * 10.0
+    atoms = Atoms(numbers=args["species"].cpu().numpy(), positions=pos_A - pos_A.mean(0) + 15.0,
+                  cell=[30.0, 30.0, 30.0], pbc=True)   # its open-boundary path allocates tens of GB
+    atoms.info["charge"] = 0.0
+    atoms.info["spin"] = float(int(args["multiplicity"][0]) - 1) / 2.0
+    atoms.info["external_field"] = [0.0, 0.0, 0.0]
+    keyspec = data.KeySpecification(info_keys={"total_spin": "spin", "total_charge": "charge",
+                                               "external_field": "external_field"}, arrays_keys={})
+    config = data.config_from_atoms(atoms, key_specification=keyspec, head_name="Default")
+    z_table = utils.AtomicNumberTable([1, 8])
+    loader = torch_geometric.dataloader.DataLoader(
+        dataset=[data.AtomicData.from_config(config, z_table=z_table, cutoff=float(model.r_max), heads=model.heads)],
+        batch_size=1, shuffle=False, drop_last=False)
+    batch = next(iter(loader)).to(device).to_dict()
+    for key, value in batch.items():
+        if torch.is_tensor(value) and value.dtype.is_floating_point:
+            batch[key] = value.to(dtype)
+    return batch
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 200])
+    parser.add_argument("--mm", type=int, nargs="+", default=[0, 25000])
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--no-polarmace", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = parser.parse_args()
+    dtype, device = getattr(torch, a.dtype), a.device
+    rows = []
+    models = {v: MLPolar(MLPolarConfig(elements=[1, 8], variant=v, channels=a.channels)).to(dtype=dtype, device=device)
+              for v in ("equivariant", "fast")}
+    pm = None
+    if not a.no_polarmace:
+        try:
+            pm = polar_mace(dtype, device, a.channels)
+        except Exception as err:  # report, do not hide: the table says PolarMACE was not run
+            print(f"PolarMACE could not be built: {type(err).__name__}: {err}")
+    for n in a.sizes:
+        for m in a.mm:
+            args = system(n, m, dtype, device)
+            for name, model in models.items():
+                t = timed(lambda: energy_and_forces(model, **args), a.repeats, device)
+                rows.append({"model": f"mlpolar-{name}", "n_ml": n, "n_mm": m, "device": device, "dtype": a.dtype,
+                             "ms_per_step": round(1e3 * t, 3)})
+                print(rows[-1], flush=True)
+            if pm is not None and m == 0:
+                batch = polar_mace_batch(pm, args, dtype, device)
+
+                def step():
+                    b = dict(batch)
+                    b["positions"] = batch["positions"].detach().requires_grad_(True)
+                    out = pm(b, training=False, compute_force=True)
+                    return out["forces"]
+                try:
+                    t = timed(step, a.repeats, device)
+                    rows.append({"model": "PolarMACE", "n_ml": n, "n_mm": 0, "device": device, "dtype": a.dtype,
+                                 "ms_per_step": round(1e3 * t, 3)})
+                    print(rows[-1], flush=True)
+                except Exception as err:
+                    print(f"PolarMACE failed at n={n}: {type(err).__name__}: {err}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"model_{device}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"\n{'model':24s} {'n_ml':>5s} {'n_mm':>6s} {'ms/step':>10s}")
+    for r in rows:
+        print(f"{r['model']:24s} {r['n_ml']:5d} {r['n_mm']:6d} {r['ms_per_step']:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
