@@ -1,6 +1,6 @@
 """MLPolar model: symmetry, conservation, forces, smoothness, locality, boundaries, export.
 
-Small random models (16 channels) on real molecules: p-xylene from data/labels/pxylene_water.h5,
+Small random models (16 channels) on real molecules: p-xylene from the first real labels (tests/train/data/pxylene_water_8.h5),
 water and the OH radical built by hand. float64 unless stated.
 """
 import json
@@ -14,13 +14,15 @@ import torch
 from mlpolar.model import FORMAT_VERSION, MLPolar, MLPolarConfig, energy_and_forces, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
+# a fixed copy of the first real labels (the live store may be locked by a running generator)
+FIXTURE = ROOT / "tests" / "train" / "data" / "pxylene_water_8.h5"
 DT = torch.float64
 VARIANTS = [("equivariant", False), ("equivariant", True), ("fast", False)]
 IDS = ["equivariant", "equivariant+quadrupoles", "fast"]
 
 
 def pxylene():
-    with h5py.File(ROOT / "data" / "labels" / "pxylene_water.h5", "r") as f:
+    with h5py.File(FIXTURE, "r") as f:
         g = f["configs/00000000"]
         species = torch.tensor(g["qm_atomic_numbers"][:]).long()
         pos = torch.tensor(g["qm_positions"][:], dtype=DT)
@@ -337,7 +339,7 @@ def test_receptive_field_reported():
 def pxylene_in_water(radius=0.6):
     """p-xylene and the TIP3P waters whose oxygen lies within `radius` of it (whole molecules),
     shifted like pxylene(); also the full periodic box of that configuration."""
-    with h5py.File(ROOT / "data" / "labels" / "pxylene_water.h5", "r") as f:
+    with h5py.File(FIXTURE, "r") as f:
         g = f["configs/00000000"]
         ml = torch.tensor(g["qm_positions"][:], dtype=DT)
         mm = torch.tensor(g["mm_positions"][:], dtype=DT)
