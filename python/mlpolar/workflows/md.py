@@ -204,13 +204,15 @@ def _fix_dcd_header(path: Path) -> None:
 def run_md(topology: app.Topology, system: openmm.System, positions, outdir,
            config: Optional[MDConfig] = None, *, box_vectors=None,
            context_parameters: Optional[dict] = None, stop_after_steps: Optional[int] = None,
-           extra_reporters: Sequence = ()) -> MDResult:
+           extra_reporters: Sequence = (), minimise_with: Optional[openmm.System] = None) -> MDResult:
     """Run (or resume) MD of ``system`` into ``outdir``; see the module doc.
 
     positions: (N, 3) nm. box_vectors: (3, 3) nm or None (the System's default box).
     context_parameters: global parameters to set, e.g. ``{"lambda_interpolate": 1.0}``.
     stop_after_steps: return (after a checkpoint) once this many steps were run in this call —
     for wall-time-limited queue jobs; call again to continue.
+    minimise_with: minimise with this System instead of ``system`` (same particles), e.g. the
+    MM System before ML/MM dynamics: a minimiser calls a Python-side ML force hundreds of times.
     """
     cfg = config or MDConfig()
     cfg.validate()
@@ -279,8 +281,22 @@ def run_md(topology: app.Topology, system: openmm.System, positions, outdir,
             if p.exists():
                 p.unlink()
         ctx.setPositions(pos)
-        if cfg.minimise:
+        if cfg.minimise and minimise_with is not None:
+            if minimise_with.getNumParticles() != system.getNumParticles():
+                raise ValueError("minimise_with must have the same particles as system")
+            mini = copy.deepcopy(minimise_with)
+            if box_vectors is not None:
+                mini.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*v) for v in np.asarray(box_vectors)])
+            mctx = (openmm.Context(mini, openmm.VerletIntegrator(0.001)) if platform is None else
+                    openmm.Context(mini, openmm.VerletIntegrator(0.001), platform,
+                                   cfg.platform_properties or {}))
+            mctx.setPositions(pos)
+            openmm.LocalEnergyMinimizer.minimize(mctx, 10.0, int(cfg.minimise_max_iterations))
+            ctx.setPositions(mctx.getState(getPositions=True).getPositions())
+            del mctx
+        elif cfg.minimise:
             sim.minimizeEnergy(maxIterations=int(cfg.minimise_max_iterations))
+        if cfg.minimise:
             st = ctx.getState(getPositions=True, enforcePeriodicBox=True)
             with open(out / "minimised.pdb", "w") as fh:
                 app.PDBFile.writeFile(topology, st.getPositions(), fh)

@@ -32,6 +32,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--friction", type=float, default=d.friction_per_ps, help="1/ps")
     g.add_argument("--pressure", type=float, help="bar (MonteCarloBarostat); default NVT")
     g.add_argument("--no-minimise", action="store_true")
+    g.add_argument("--minimise-with", choices=["mm", "ml"], default="mm",
+                   help="minimise with the MM System (default; fast) or the ML/MM System "
+                        "(every step calls the model)")
     g.add_argument("--report-interval", type=int, default=d.report_interval)
     g.add_argument("--checkpoint-interval", type=int, default=d.checkpoint_interval)
     g.add_argument("--format", choices=TRAJECTORY_FORMATS, default=d.trajectory_format)
@@ -81,7 +84,8 @@ def _run(a) -> int:
               f"model {a.model or 'default'}")
     out = Path(a.output or f"md-{label}")
     res = run_md(inp.topology, system, inp.positions, out, cfg, box_vectors=inp.box_vectors,
-                 context_parameters=params, stop_after_steps=a.max_steps_this_run)
+                 context_parameters=params, stop_after_steps=a.max_steps_this_run,
+                 minimise_with=inp.system if (not a.mm_only and a.minimise_with == "mm") else None)
     speed = f", {res.ns_per_day:.2f} ns/day" if res.ns_per_day else ""
     state = "finished" if res.finished else "stopped (run again to continue)"
     print(f"[mlpolar md] {state} at step {res.step}{speed}; output in {out}")
