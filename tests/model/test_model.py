@@ -426,3 +426,15 @@ def test_smooth_across_the_mm_cutoff(variant):
     assert float(jump(fs).abs().max()) < 1e-7 and float(jump(fm).abs().max()) < 1e-7
     inside = run(model, species, pos, mm_positions=torch.tensor([[rc - 0.15, 0.0, 0.0]], dtype=DT), mm_charges=q)
     assert abs(float(inside["energy_embedding"])) > 1e-3
+
+
+@pytest.mark.parametrize("variant,quad", VARIANTS, ids=IDS)
+def test_isolated_atom_has_no_pairs_and_still_works(variant, quad):
+    # an ion or a lone atom: no neighbour pairs, the charge is the fragment's, no local forces
+    model = small(variant, quad)
+    pos = torch.tensor([[0.3, -0.2, 0.1]], dtype=DT, requires_grad=True)
+    out = run(model, torch.tensor([8]), pos, Q=-1.0, M=2)
+    assert torch.isfinite(out["energy"])
+    assert torch.allclose(out["charges"], torch.tensor([-1.0], dtype=DT), atol=1e-12)
+    (g,) = torch.autograd.grad(out["energy"], pos)
+    assert torch.allclose(g, torch.zeros_like(g), atol=1e-10)
