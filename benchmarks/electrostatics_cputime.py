@@ -8,20 +8,15 @@ Usage:  OMP_NUM_THREADS=1 python benchmarks/electrostatics_cputime.py --sizes 10
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from electrostatics import build_mlpolar, build_openmm, water_box  # noqa: E402
+from electrostatics_breakdown import cpu_ms  # noqa: E402
 
 
 def best_cpu_ms(compute, repeats):
-    compute()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        compute()
-        best = min(best, time.process_time() - t0)
-    return 1e3 * best
+    compute()  # warm-up (first-call setup is not part of the comparison)
+    return cpu_ms(compute, repeats)
 
 
 def main():

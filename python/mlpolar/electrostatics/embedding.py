@@ -20,6 +20,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 
 from .. import _library  # noqa: F401  (loads torch.ops.mlpolar)
+from .ewald_parameters import _fft_friendly
 from .pme import reciprocal_potential_derivatives
 
 from ..units import ONE_4PI_EPS0
@@ -149,21 +150,6 @@ def traceless3(T: torch.Tensor) -> torch.Tensor:
     corr = (eye[None, :, :, None] * v[:, None, None, :] + eye[None, :, None, :] * v[:, None, :, None]
             + eye[None, None, :, :] * v[:, :, None, None])
     return T - corr / 5.0
-
-
-def _fft_friendly(n: int) -> int:
-    """Smallest size >= n with prime factors 2, 3, 5, 7 only."""
-    found = False
-    while not found:
-        m = n
-        for p in [2, 3, 5, 7]:
-            while m % p == 0:
-                m = m // p
-        if m == 1:
-            found = True
-        else:
-            n += 1
-    return n
 
 
 def _ewald_parameters(box: torch.Tensor, cutoff: float, tolerance: float, order: int,
