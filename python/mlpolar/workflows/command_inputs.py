@@ -3,6 +3,7 @@ which atoms are ML, which model."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional
 
 import numpy as np
@@ -16,6 +17,18 @@ LIGAND_RESNAME = "TMP"
 
 class UsageError(ValueError):
     """A wrong combination of command-line options (exit status 2)."""
+
+
+def run_reporting_errors(name: str, run, args: argparse.Namespace) -> int:
+    """Exit status of run(args); bad input (2) and run-time failures (1) become one-line messages."""
+    try:
+        return run(args)
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"mlpolar {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # e.g. a model file whose package is missing
+        print(f"mlpolar {name}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def add_input_arguments(ap: argparse.ArgumentParser, *, prepared_default: Optional[str]) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .command_inputs import (UsageError, add_input_arguments, check_model_early, input_kind,
-                             load_from_args)
+from .command_inputs import (add_input_arguments, check_model_early, input_kind, load_from_args,
+                             run_reporting_errors, UsageError)
 from .fe import METHODS, FEConfig, Leg, format_table, run_fe
 
 EXAMPLE_LEGS = {"complex": "t4l99a_pxylene_water", "solvent": "pxylene_water"}
@@ -58,14 +58,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def command(a: argparse.Namespace) -> int:
-    try:
-        return _run(a)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"mlpolar fe: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # e.g. a model file whose package is missing
-        print(f"mlpolar fe: error: {exc}", file=sys.stderr)
-        return 1
+    return run_reporting_errors("fe", _run, a)
 
 
 def _config(a) -> FEConfig:

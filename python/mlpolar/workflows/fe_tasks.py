@@ -67,6 +67,23 @@ def _energy(ctx, derivative: Optional[str] = None) -> tuple[float, float]:
     return e, d
 
 
+def _equilibrated_context(system_xml, positions, box, parameter: str, lam: float,
+                          equilibration_steps: int, temperature_K: float, friction_per_ps: float,
+                          timestep_ps: float, minimise: bool, seed: int, platform, threads: int):
+    """Context at parameter = lam, optionally minimised, velocities drawn, equilibrated; returns
+    (context, integrator, the parameter's name if the System reports dE/dparameter else None)."""
+    ctx, integ = _context(system_xml, positions, box, temperature_K, friction_per_ps,
+                          timestep_ps, seed, platform, threads)
+    ctx.setParameter(parameter, lam)
+    deriv = parameter if _has_derivative(ctx, parameter) else None
+    if minimise:
+        openmm.LocalEnergyMinimizer.minimize(ctx)
+    ctx.setVelocitiesToTemperature(temperature_K * u.kelvin, int(seed) + 3)
+    if equilibration_steps:
+        integ.step(int(equilibration_steps))
+    return ctx, integ, deriv
+
+
 def sample_window(system_xml: str, positions, box, *, parameter: str, lambdas: Sequence[float],
                   k: int, n_samples: int, steps_per_sample: int, equilibration_steps: int,
                   temperature_K: float, friction_per_ps: float = 1.0,
@@ -78,15 +95,9 @@ def sample_window(system_xml: str, positions, box, *, parameter: str, lambdas: S
     t0 = time.time()
     kT = kT_kj_per_mol(temperature_K)
     lam = np.asarray(lambdas, dtype=float)
-    ctx, integ = _context(system_xml, positions, box, temperature_K, friction_per_ps,
-                          timestep_ps, seed, platform, threads)
-    ctx.setParameter(parameter, float(lam[k]))
-    deriv = parameter if _has_derivative(ctx, parameter) else None
-    if minimise:
-        openmm.LocalEnergyMinimizer.minimize(ctx)
-    ctx.setVelocitiesToTemperature(temperature_K * u.kelvin, int(seed) + 3)
-    if equilibration_steps:
-        integ.step(int(equilibration_steps))
+    ctx, integ, deriv = _equilibrated_context(system_xml, positions, box, parameter, float(lam[k]),
+                                              equilibration_steps, temperature_K, friction_per_ps,
+                                              timestep_ps, minimise, seed, platform, threads)
     u_ln = np.empty((len(lam), n_samples))
     dudl = np.full(n_samples, np.nan)
     for n in range(n_samples):
@@ -115,15 +126,9 @@ def switch(system_xml: str, positions, box, *, parameter: str, start: float, end
     wall_s)."""
     t0 = time.time()
     kT = kT_kj_per_mol(temperature_K)
-    ctx, integ = _context(system_xml, positions, box, temperature_K, friction_per_ps,
-                          timestep_ps, seed, platform, threads)
-    ctx.setParameter(parameter, float(start))
-    deriv = parameter if _has_derivative(ctx, parameter) else None
-    if minimise:
-        openmm.LocalEnergyMinimizer.minimize(ctx)
-    ctx.setVelocitiesToTemperature(temperature_K * u.kelvin, int(seed) + 3)
-    if equilibration_steps:
-        integ.step(int(equilibration_steps))
+    ctx, integ, deriv = _equilibrated_context(system_xml, positions, box, parameter, float(start),
+                                              equilibration_steps, temperature_K, friction_per_ps,
+                                              timestep_ps, minimise, seed, platform, threads)
     lam = np.linspace(float(start), float(end), int(switching_steps) + 1)
     cum = np.zeros(len(lam))
     w, w_d = 0.0, 0.0

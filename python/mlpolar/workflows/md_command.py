@@ -7,11 +7,10 @@ resumes from the output folder's checkpoint.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .command_inputs import (DEFAULT_SYSTEM, UsageError, add_input_arguments, check_model_early,
-                             load_from_args)
+from .command_inputs import (DEFAULT_SYSTEM, add_input_arguments, check_model_early, load_from_args,
+                             run_reporting_errors, UsageError)
 from .md import TRAJECTORY_FORMATS, MDConfig, run_md
 
 
@@ -47,14 +46,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def command(a: argparse.Namespace) -> int:
-    try:
-        return _run(a)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"mlpolar md: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # e.g. a model file whose package is missing
-        print(f"mlpolar md: error: {exc}", file=sys.stderr)
-        return 1
+    return run_reporting_errors("md", _run, a)
 
 
 def _run(a) -> int:
