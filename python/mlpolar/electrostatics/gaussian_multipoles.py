@@ -16,7 +16,7 @@ from .. import ops
 from ..units import ONE_4PI_EPS0
 from .ewald_parameters import ewald_parameters
 from .multipoles import multipole_degree, parity, receiver_coefficients, split_derivatives
-from .pme import reciprocal_field
+from .pme import reciprocal_energy, reciprocal_field
 
 
 class GaussianMultipoles(torch.nn.Module):
@@ -83,8 +83,13 @@ class GaussianMultipoles(torch.nn.Module):
         self._check(positions, charges, dipoles, quadrupoles, widths, box, exclusions)
         d = receiver_coefficients(charges, dipoles, quadrupoles)
         deg = multipole_degree(dipoles, quadrupoles)
-        V = self._field(positions, d, deg, charges, widths, box, exclusions, self.include_self)
-        return 0.5 * (d * V).sum()
+        V = self._field(positions, d, deg, charges, widths, box, exclusions, self.include_self, box is None)
+        E = 0.5 * (d * V).sum()
+        if box is not None:
+            # reciprocal part as a grid sum: its forces then cost one gather (see reciprocal_energy)
+            alpha, grid, order = self.parameters_for(box, widths, deg)
+            E = E + self.coulomb * reciprocal_energy(positions, d, box, alpha, grid, order)
+        return E
 
     def potential(self, positions: torch.Tensor, charges: torch.Tensor, dipoles: Optional[torch.Tensor] = None,
                   quadrupoles: Optional[torch.Tensor] = None, widths: Optional[torch.Tensor] = None,
@@ -94,7 +99,7 @@ class GaussianMultipoles(torch.nn.Module):
         self._check(positions, charges, dipoles, quadrupoles, widths, box, exclusions)
         d = receiver_coefficients(charges, dipoles, quadrupoles)
         # the potential of the *other* sites: a site's own density never enters
-        V = self._field(positions, d, 2, charges, widths, box, exclusions, False)
+        V = self._field(positions, d, 2, charges, widths, box, exclusions, False, True)
         phi, grad, hess = split_derivatives(V)
         return phi, -grad, -hess
 
@@ -103,11 +108,13 @@ class GaussianMultipoles(torch.nn.Module):
                           exclusions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Packed potential derivatives (kJ/mol/e/nm^k) at each site from receiver coefficients d
         (multipoles.py). For callers that already hold packed coefficients (the model)."""
-        return self._field(positions, d, deg_out, charges, widths, box, exclusions, False)
+        return self._field(positions, d, deg_out, charges, widths, box, exclusions, False, True)
 
     def _field(self, positions: torch.Tensor, d: torch.Tensor, deg_out: int, charges: torch.Tensor,
                widths: Optional[torch.Tensor], box: Optional[torch.Tensor], exclusions: Optional[torch.Tensor],
-               include_self: bool) -> torch.Tensor:
+               include_self: bool, reciprocal: bool) -> torch.Tensor:
+        """Packed potential derivatives; `reciprocal=False` leaves out the reciprocal-space part
+        (energy() adds it as a grid sum)."""
         n = positions.shape[0]
         ptr, idx = ops.exclusions_to_csr(exclusions, n, positions.device)
         c = d * parity(ops.degree_of(d.shape[1]), d)
@@ -116,7 +123,8 @@ class GaussianMultipoles(torch.nn.Module):
             return self.coulomb * V
         alpha, grid, order = self.parameters_for(box, widths, max(ops.degree_of(d.shape[1]), deg_out))
         V = ops.multipole_field(positions, c, widths, box, ptr, idx, self.cutoff, alpha, deg_out, include_self)
-        V = V + reciprocal_field(positions, d, box, alpha, grid, order, deg_out)
+        if reciprocal:
+            V = V + reciprocal_field(positions, d, box, alpha, grid, order, deg_out)
         # Neutralising background for a net charge Q (tin-foil Ewald with the k = 0 term dropped):
         # E_bg = -pi Q^2 / (2 V alpha^2) + (2 pi / V) Q sum_i q_i sigma_i^2, and phi_bg = dE_bg/dq_i.
         volume = torch.det(box)
