@@ -11,7 +11,7 @@ import torch
 
 from mlpolar import ops
 from mlpolar.electrostatics import GaussianMultipoles
-from mlpolar.electrostatics.pme import reciprocal_field
+from mlpolar.electrostatics.pme import reciprocal_energy
 
 
 def cpu_ms(f, repeats: int) -> float:
@@ -41,21 +41,30 @@ def main():
     alpha, grid, order = elec.parameters_for(box)
     ptr, idx = ops.exclusions_to_csr(None, args.n, pos.device)
     c = q[:, None]
+    K = torch.tensor(grid, dtype=dt)
+    u = pos @ (torch.linalg.inv(box) * K[None, :])
+    Q = ops.pme_spread(u, c, grid, order)
     with torch.no_grad():
         rows = [
-            ("real space, degree 0", cpu_ms(lambda: ops.multipole_field(pos, c, None, box, ptr, idx, 0.9, alpha, 0, False),
-                                            args.repeats)),
-            ("real space, two fields of degree 1 (fused backward)",
-             cpu_ms(lambda: torch.ops.mlpolar.multipole_field2(pos, c, c, None, box, ptr, idx, 0.9, alpha, 1, 1, False),
-                    args.repeats)),
-            ("reciprocal space forward", cpu_ms(lambda: reciprocal_field(pos, c, box, alpha, grid, order, 0), args.repeats)),
+            ("real space, potential (degree 0)",
+             cpu_ms(lambda: ops.multipole_field(pos, c, None, box, ptr, idx, 0.9, alpha, 0, False), args.repeats)),
+            ("real space, potential + field (degree 1, one pass)",
+             cpu_ms(lambda: ops.multipole_field(pos, c, None, box, ptr, idx, 0.9, alpha, 1, False), args.repeats)),
+            ("PME spread (charges)", cpu_ms(lambda: ops.pme_spread(u, c, grid, order), args.repeats)),
+            ("PME gather, degree 1", cpu_ms(lambda: ops.pme_gather(u, Q, 1, order), args.repeats)),
+            ("reciprocal energy (spread, FFT, grid sum)",
+             cpu_ms(lambda: reciprocal_energy(pos, c, box, alpha, grid, order), args.repeats)),
         ]
     p = pos.clone().requires_grad_(True)
+
+    def reciprocal_forces():
+        torch.autograd.grad(reciprocal_energy(p, c, box, alpha, grid, order), p)
 
     def energy_forces():
         e = elec.energy(p, q, box=box)
         torch.autograd.grad(e, p)
 
+    rows.append(("reciprocal energy + forces (one more gather)", cpu_ms(reciprocal_forces, args.repeats)))
     rows.append(("energy + forces, total", cpu_ms(energy_forces, args.repeats)))
     print(f"N = {args.n}, {args.dtype}, alpha {alpha:.3f}/nm, grid {grid}, order {order}; CPU time of one thread")
     for name, ms in rows:

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "point_ewald.h"
 #include "realspace_args.h"
 
 namespace mlpolar {
@@ -66,114 +67,9 @@ void field_loop_fixed(const RealSpaceArgs<T>& a, T* out) {
   }
 }
 
-// erfcx(x) = exp(x^2) erfc(x) on [0, XMAX] by cubic Hermite interpolation on a uniform grid
-// (relative error below 1e-12 in double): the Ewald kernel of point charges then costs one exp
-// per pair, which it needs anyway for the derivative terms, instead of erfc's own two.
-struct ErfcxTable {
-  static constexpr int PER_UNIT = 128;
-  static constexpr double XMAX = 8.0;
-  std::vector<double> f, d;  // value and h * derivative at the nodes
-  ErfcxTable() {
-    const int n = (int)(XMAX * PER_UNIT) + 2;
-    f.resize(n);
-    d.resize(n);
-    for (int k = 0; k < n; ++k) {
-      const long double x = (long double)k / PER_UNIT;
-      const long double v = std::exp(x * x) * std::erfc(x);
-      f[k] = (double)v;
-      // erfcx' = 2x erfcx - 2/sqrt(pi)
-      d[k] = (double)((2 * x * v - 1.1283791670955125739L) / PER_UNIT);
-    }
-  }
-  template <typename T>
-  T operator()(T x) const {
-    if (!(x < T(XMAX))) return std::exp(x * x) * std::erfc(x);
-    const T t = x * T(PER_UNIT);
-    const int k = (int)t;
-    const T u = t - T(k), u2 = u * u, u3 = u2 * u;
-    const T h00 = 2 * u3 - 3 * u2 + 1, h10 = u3 - 2 * u2 + u, h01 = -2 * u3 + 3 * u2, h11 = u3 - u2;
-    return h00 * T(f[k]) + h10 * T(d[k]) + h01 * T(f[k + 1]) + h11 * T(d[k + 1]);
-  }
-};
-
-const ErfcxTable& erfcx_table() {
-  static const ErfcxTable table;  // built once, thread-safe
-  return table;
-}
-
-// Point charges (no widths) in a periodic box with Ewald splitting, potential (DOUT = 0),
-// field (1) or field gradient (2): the energy/force path of MM-like charges. Per neighbour cell
-// the partners inside the cutoff are first compacted without branches (a comparison per
-// candidate instead of a mispredicted jump), then their kernels are evaluated in a tight loop.
-template <int DOUT, typename T>
-void point_ewald_loop(const RealSpaceArgs<T>& a, T* out) {
-  constexpr int NOUT = ncart(DOUT);
-  const ErfcxTable& erfcx = erfcx_table();
-  const int64_t size = (int64_t)a.n * NOUT;
-  int ncells = a.ncell[0] * a.ncell[1] * a.ncell[2], most = 0;
-  for (int c = 0; c < ncells; ++c) most = std::max(most, a.cell_start[c + 1] - a.cell_start[c]);
-  const int nthreads = omp_get_max_threads();
-  std::vector<T> buffers((size_t)nthreads * size, T(0));
-  const T beta = a.beta, two_b2 = T(2) * beta * beta, g0 = Const<T>::inv_sqrt_pi / beta;
-#pragma omp parallel
-  {
-    T* mine = buffers.data() + (int64_t)omp_get_thread_num() * size;
-    std::vector<T> px(most + 1), py(most + 1), pz(most + 1), pr2(most + 1);
-    std::vector<int> pk(most + 1);
-#pragma omp for schedule(dynamic, 64)
-    for (int ki = 0; ki < a.n; ++ki) {
-      const int i = a.cell_atoms[ki];
-      const T qi = a.coeffs[i];
-      T acc_i[NOUT];
-      for (int t = 0; t < NOUT; ++t) acc_i[t] = 0;
-      auto cell = [&](int kbeg, int kend, T hx, T hy, T hz) {
-        int m = 0;
-        for (int k = kbeg; k < kend; ++k) {
-          const T x = hx - a.cell_pos[3 * k], y = hy - a.cell_pos[3 * k + 1], z = hz - a.cell_pos[3 * k + 2];
-          const T r2 = x * x + y * y + z * z;
-          px[m] = x;
-          py[m] = y;
-          pz[m] = z;
-          pr2[m] = r2;
-          pk[m] = k;
-          m += (r2 < a.cutoff2);
-        }
-        for (int p = 0; p < m; ++p) {
-          const int j = a.cell_atoms[pk[p]];
-          if (a.excl_idx && is_excluded(a, i, j)) continue;
-          const T r2 = pr2[p], r = std::sqrt(r2), ir2 = T(1) / r2, x = beta * r;
-          const T e = std::exp(-x * x);
-          T B[DOUT + 1];
-          B[0] = e * erfcx(x) / r;
-          T fac = 1;
-          for (int n = 1; n <= DOUT; ++n) {
-            fac *= two_b2;
-            B[n] = (T(2 * n - 1) * B[n - 1] + fac * g0 * e) * ir2;
-          }
-          T R[NOUT];
-          hermite_tensor<DOUT>(px[p], py[p], pz[p], B, R);
-          const T qj = a.coeffs[j];
-          contract_fixed<0, DOUT, false>(R, &qj, acc_i);
-          contract_fixed<0, DOUT, true>(R, &qi, mine + (int64_t)j * NOUT);
-        }
-      };
-      for_each_half_shell_cell(a, ki, cell);
-      T* out_i = mine + (int64_t)i * NOUT;
-      for (int t = 0; t < NOUT; ++t) out_i[t] += acc_i[t];
-      field_corrections_at_site<DOUT>(a, i, out_i);
-    }
-    reduce_thread_copies(buffers, nthreads, size, out);
-  }
-}
-
 template <typename T>
 bool field_fixed(const RealSpaceArgs<T>& a, T* out) {
-  if (a.periodic && !a.widths && a.beta > T(0) && a.din == 0 && a.dout <= 2) {
-    if (a.dout == 0) point_ewald_loop<0>(a, out);
-    if (a.dout == 1) point_ewald_loop<1>(a, out);
-    if (a.dout == 2) point_ewald_loop<2>(a, out);
-    return true;
-  }
+  if (point_ewald_field(a, out)) return true;
 #define MLP_CASE(I, O)              \
   if (a.din == I && a.dout == O) {  \
     field_loop_fixed<I, O>(a, out); \
