@@ -164,7 +164,8 @@ struct PartnerList {
 // sums vectorised over the partners (contiguous loads, no scatter), then the partners' shares
 // added to their cell-order slots out[t][k] in a short scalar loop.
 template <int DOUT, typename T>
-inline void site_pairs(const PointKernel<T>& K, PartnerList<T>& L, T qi, T* acc, T* const* out) {
+// (kept out of line: inlined into the OpenMP region, GCC 12 left the float loop scalar)
+__attribute__((noinline)) void site_pairs(const PointKernel<T>& K, PartnerList<T>& L, T qi, T* acc, T* const* out) {
   const T* __restrict X = L.x.data();
   const T* __restrict Y = L.y.data();
   const T* __restrict Z = L.z.data();
@@ -172,13 +173,16 @@ inline void site_pairs(const PointKernel<T>& K, PartnerList<T>& L, T qi, T* acc,
   T* __restrict B0 = L.b0.data();
   T* __restrict B1 = L.b1.data();
   const int* __restrict J = L.k.data();
+  const T* __restrict F = K.F;
+  const T* __restrict D = K.D;
+  const T beta = K.beta, g = K.g;
   const int m = L.m;
   T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
   if constexpr (DOUT == 0) {
 #pragma omp simd reduction(+ : a0)
     for (int p = 0; p < m; ++p) {
-      const T r = std::sqrt(X[p] * X[p] + Y[p] * Y[p] + Z[p] * Z[p]), xb = K.beta * r;
-      const T b0 = exp_neg(-xb * xb) * erfcx_interp(xb, K.F, K.D) / r;
+      const T r = std::sqrt(X[p] * X[p] + Y[p] * Y[p] + Z[p] * Z[p]), xb = beta * r;
+      const T b0 = exp_neg(-xb * xb) * erfcx_interp(xb, F, D) / r;
       a0 += b0 * Q[p];
       B0[p] = b0 * qi;
     }
@@ -188,10 +192,10 @@ inline void site_pairs(const PointKernel<T>& K, PartnerList<T>& L, T qi, T* acc,
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
     for (int p = 0; p < m; ++p) {
       const T x = X[p], y = Y[p], z = Z[p];
-      const T r = std::sqrt(x * x + y * y + z * z), ir = T(1) / r, xb = K.beta * r;
+      const T r = std::sqrt(x * x + y * y + z * z), ir = T(1) / r, xb = beta * r;
       const T e = exp_neg(-xb * xb);
-      const T b0 = e * erfcx_interp(xb, K.F, K.D) * ir;
-      const T b1 = (b0 + K.g * e) * ir * ir;  // -(1/r) d B0/dr
+      const T b0 = e * erfcx_interp(xb, F, D) * ir;
+      const T b1 = (b0 + g * e) * ir * ir;  // -(1/r) d B0/dr
       a0 += b0 * Q[p];
       const T fj = b1 * Q[p];  // grad of B0 at i is -x b1; at the partner +x b1
       a1 -= x * fj;
