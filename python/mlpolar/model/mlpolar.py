@@ -143,20 +143,18 @@ class MLPolar(nn.Module):
                 mm_positions: Optional[torch.Tensor] = None, mm_charges: Optional[torch.Tensor] = None,
                 box: Optional[torch.Tensor] = None, external_field: Optional[torch.Tensor] = None,
                 head: Optional[str] = None) -> Dict[str, torch.Tensor]:
-        index = self._check_inputs(species, positions, total_charge, multiplicity, fragments, mm_positions,
-                                   mm_charges, box, external_field)
+        if torch.jit.is_scripting():
+            index, frag = self._validate(species, positions, total_charge, multiplicity, fragments, mm_positions,
+                                         mm_charges, box, external_field)
+        else:
+            # one eager call under torch.compile: the checks read values (a graph break each otherwise)
+            index, frag = _validate_eagerly(self, species, positions, total_charge, multiplicity, fragments,
+                                            mm_positions, mm_charges, box, external_field)
         h = self.head_index(head)
         n = positions.shape[0]
         dtype, device = positions.dtype, positions.device
         k = self.coulomb
         ell = self.feature_length
-        # fragment ids and spin-channel targets once per step; charge/multiplicity/electron-count
-        # parity is checked here, before any work, and not again at each equilibration
-        n_electrons = torch.zeros_like(total_charge, dtype=torch.long)
-        frag_ids = fragments if fragments is not None else torch.zeros(n, dtype=torch.long, device=device)
-        n_electrons = n_electrons.index_add(0, frag_ids, species)
-        frag = check_fukui_arguments(positions.new_zeros(n, 2), positions.new_zeros(n, 2), total_charge.to(dtype),
-                                     multiplicity, fragments, n_electrons)
         total_charge = total_charge.to(dtype)
         targets = spin_channel_targets(total_charge, multiplicity).to(dtype)
 
@@ -275,6 +273,21 @@ class MLPolar(nn.Module):
         return result
 
     # ------------------------------------------------------------------ checks
+    def _validate(self, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
+                  multiplicity: torch.Tensor, fragments: Optional[torch.Tensor], mm_positions: Optional[torch.Tensor],
+                  mm_charges: Optional[torch.Tensor], box: Optional[torch.Tensor],
+                  external_field: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(species indices [n], fragment ids [n]) after every check, the charge/multiplicity/electron-count
+        parity included, so that the Fukui equilibrations of the step need no checks of their own."""
+        index = self._check_inputs(species, positions, total_charge, multiplicity, fragments, mm_positions,
+                                   mm_charges, box, external_field)
+        n = positions.shape[0]
+        frag_ids = fragments if fragments is not None else torch.zeros(n, dtype=torch.long, device=positions.device)
+        n_electrons = torch.zeros_like(total_charge, dtype=torch.long).index_add(0, frag_ids, species)
+        frag = check_fukui_arguments(positions.new_zeros(n, 2), positions.new_zeros(n, 2),
+                                     total_charge.to(positions.dtype), multiplicity, fragments, n_electrons)
+        return index, frag
+
     def _check_inputs(self, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
                       multiplicity: torch.Tensor, fragments: Optional[torch.Tensor],
                       mm_positions: Optional[torch.Tensor], mm_charges: Optional[torch.Tensor],
@@ -343,3 +356,13 @@ class MLPolar(nn.Module):
             if external_field.shape != (3,) or external_field.dtype != pdtype:
                 raise ValueError(f"external_field must be a {pdtype} tensor [3] (kJ/mol/nm/e)")
         return index
+
+
+@torch.compiler.disable
+def _validate_eagerly(model: MLPolar, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
+                      multiplicity: torch.Tensor, fragments: Optional[torch.Tensor],
+                      mm_positions: Optional[torch.Tensor], mm_charges: Optional[torch.Tensor],
+                      box: Optional[torch.Tensor], external_field: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    return model._validate(species, positions, total_charge, multiplicity, fragments, mm_positions, mm_charges, box,
+                           external_field)
