@@ -222,14 +222,15 @@ class MLPolar(nn.Module):
                     phi0 = self._ml_field(positions, q.sum(1), None, None, widths, box, 0)[1][:, 0]
                 s, out = block(s, q, (phi0 + T0) * (ell / k), i, j, basis, env)
                 q = self._equilibrate(out[:, 0:2], out[:, 2:4], targets, frag)
+            # the MM + external part of (φ, ∇φ), added to the ML part in one operation per iteration
+            outer = torch.cat([T0[:, None], T1 + ext_grad], dim=1)
             for update in self.charge_updates:
                 if dense:
                     V = potential_and_gradient(W, q.sum(1))
                 else:
                     V = self._ml_field(positions, q.sum(1), None, None, widths, box, 1)[1]
-                phi = (V[:, 0] + T0) * (ell / k)
-                grad = (V[:, 1:4] + T1 + ext_grad) * (ell ** 2 / k)
-                s, dq, logits = update(s, q, phi, grad)
+                F = (V + outer) * (ell ** 2 / k)     # dimensionless: φ ℓ/k, ∇φ ℓ²/k
+                s, dq, logits = update(s, q, F[:, 0] / ell, F[:, 1:4])
                 q = self._equilibrate(q + dq, logits, targets, frag)
 
         # final density: charges q, dipoles μ, quadrupoles Θ (sums of the spin channels)
