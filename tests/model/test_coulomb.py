@@ -70,3 +70,26 @@ def test_pairs_match_neighbour_pairs():
     assert torch.equal(i, i2) and torch.equal(j, j2)
     assert torch.allclose(r, r2) and torch.allclose(d, r2.norm(dim=1))
     assert 0 < len(i) < 30 * 29
+
+
+def test_model_dense_path_equals_core_path():
+    """The fast variant without a box: dense operator (default) and electrostatics core (regions
+    above DENSE_MAX atoms) give the same energy, charges and forces, with MM charges and a field."""
+    from mlpolar.model import MLPolar, MLPolarConfig, energy_and_forces
+    torch.manual_seed(0)
+    model = MLPolar(MLPolarConfig(elements=[1, 8], variant="fast", channels=8, contraction_channels=2)).double()
+    pos, _, _ = system(n=9, seed=7)
+    species = torch.tensor([8, 1, 1] * 3)
+    g = torch.Generator().manual_seed(8)
+    mm_pos = 1.2 * torch.rand(30, 3, generator=g, dtype=D) - 0.3
+    mm_q = 0.4 * torch.randn(30, generator=g, dtype=D)
+    kw = dict(mm_positions=mm_pos, mm_charges=mm_q, external_field=torch.tensor([5.0, -3.0, 2.0], dtype=D))
+    args = (species, pos, torch.tensor([0.0], dtype=D), torch.tensor([1]))
+    dense = model(*args, **kw)
+    e1, f1, g1 = energy_and_forces(model, *args, **kw)
+    model.dense_max = 0
+    core = model(*args, **kw)
+    e2, f2, g2 = energy_and_forces(model, *args, **kw)
+    for key in ("energy", "energy_electrostatic", "energy_nonlocal", "charges"):
+        assert torch.allclose(dense[key], core[key], rtol=1e-10, atol=1e-10), key
+    assert torch.allclose(f1, f2, rtol=1e-8, atol=1e-8) and torch.allclose(g1, g2, rtol=1e-8, atol=1e-8)
