@@ -2,8 +2,10 @@
 
 The fast variant with open boundaries calls the Fukui operator (forward and its C++ backward) and
 the dense Coulomb path; both trace through FakeTensors (ops_fake.py) and compile. Kept small: one
-block, one polarisation iteration, water, float64.
+block, one polarisation iteration, water, float64. Inductor's first compile takes ~70 s of CPU time
+(4 min wall on the loaded 2-core VM) with a cold cache, ~8 s with a warm one: marked slow.
 """
+import pytest
 import torch
 
 from mlpolar.model import MLPolar, MLPolarConfig, energy_and_forces
@@ -12,6 +14,7 @@ DT = torch.float64
 WATER = (torch.tensor([8, 1, 1]), torch.tensor([[0.0, 0.0, 0.0], [0.0957, 0.0, 0.0], [-0.0240, 0.0927, 0.0]], dtype=DT))
 
 
+@pytest.mark.slow
 def test_inductor_matches_eager_fast_variant():
     torch.manual_seed(0)
     model = MLPolar(MLPolarConfig(elements=[1, 8], variant="fast", channels=8, layers=1, iterations=1,
