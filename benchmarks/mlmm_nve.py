@@ -1,14 +1,22 @@
-"""NVE energy conservation of ML/MM with electrostatic embedding against the same run in pure MM:
-alanine dipeptide in a 2.4 nm TIP3P box (Amber14, PME 0.9 nm, tolerance 5e-4, rigid water,
-flexible solute), fixed-charge model, velocity Verlet at 0.5 fs, CPU platform.
+"""NVE energy conservation of ML/MM with electrostatic embedding, next to the same run in pure MM:
+alanine dipeptide in a 2.4 nm TIP3P box (Amber14, PME 0.9 nm, tolerance 5e-4, Lennard-Jones
+switched from 0.8 nm, rigid water, flexible solute), velocity Verlet at 0.5 fs, CPU platform,
+same minimised start and velocities for every run.
 
-    PYTHONPATH=python python benchmarks/mlmm_nve.py --steps 400 --out benchmarks/results/mlmm_nve_cpu.csv
+Runs: ``mm`` (OpenMM alone); ``fixed-charge`` (ML/MM System with the fixed-charge model, which is
+the force field: the trajectory must match ``mm``); ``mlpolar`` (ML/MM with a small untrained
+MLPolar, float64, its polarisation iterations, the Ewald ML-ML sum and the MM embedding operator,
+plus the MM bonded terms of the ML region to hold the molecule together).
 
-The system and the run are the helpers of tests/openmm (mlmm_cases.py), so the CI test and this
-longer run are the same experiment.
+    PYTHONPATH=python python benchmarks/mlmm_nve.py --steps 6000 --out benchmarks/results/mlmm_nve_cpu.csv
+
+Each run is written to its own CSV (``<out stem>_<run>.csv``) when it finishes and skipped when
+present, so an interrupted benchmark resumes with the unfinished runs. The systems and the run are
+the helpers of tests/openmm (mlmm_cases.py): the CI test and this longer run are one experiment.
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +25,52 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests" / "openmm"))
 
-from mlmm_cases import nve_run, small_solvated_dipeptide  # noqa: E402
+from mlmm_cases import nve_run, small_solvated_dipeptide, tiny_mlpolar  # noqa: E402
+
+RUNS = ("mm", "fixed-charge", "mlpolar")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--every", type=int, default=20)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--every", type=int, default=40)
+    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {RUNS}")
     p.add_argument("--out", default="benchmarks/results/mlmm_nve_cpu.csv")
     args = p.parse_args()
-    case = small_solvated_dipeptide()
-    rows = {}
-    for label, mlmm in (("mm", False), ("mlmm", True)):
-        t, e, k = nve_run(case, args.steps, args.every, mlmm=mlmm)
-        rows[label] = (t, e, k)
-        slope = np.polyfit(t, e, 1)[0]
-        print(f"{label}: {t[-1]:.3f} ps, max |E-E0| = {np.abs(e - e[0]).max():.4f} kJ/mol, "
-              f"drift {slope:.3f} kJ/mol/ps, <KE> {k.mean():.1f} kJ/mol", flush=True)
-    t = rows["mm"][0]
-    data = np.column_stack([t, rows["mm"][1], rows["mlmm"][1], rows["mlmm"][2]])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savetxt(args.out, data, delimiter=",", header="time_ps,total_mm_kjmol,total_mlmm_kjmol,kinetic_mlmm_kjmol",
-               comments="")
+    runs = [r for r in args.runs.split(",") if r]
+    bad = [r for r in runs if r not in RUNS]
+    if bad:
+        p.error(f"--runs: unknown {bad}; choose from {RUNS}")
+    if args.steps < args.every or args.every < 1:
+        p.error("--steps must be >= --every >= 1")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    case = small_solvated_dipeptide(switch_nm=0.8)
+    print(f"{case.system.getNumParticles()} atoms, {len(case.ml_atoms)} ML atoms, {args.steps} steps of 0.5 fs", flush=True)
+    for run in runs:
+        path = out.with_name(f"{out.stem}_{run}.csv")
+        if path.exists():
+            data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+            if data.shape[0] == args.steps // args.every + 1:
+                report(run, data[:, 0], data[:, 1], data[:, 2], float("nan"))
+                continue
+        c0 = time.process_time()
+        kw = dict(mlmm=run != "mm")
+        if run == "mlpolar":
+            kw.update(model=tiny_mlpolar(), keep_ml_bonded=True)
+        t, e, k = nve_run(case, args.steps, args.every, **kw)
+        cpu_ms = 1000.0 * (time.process_time() - c0) / args.steps
+        tmp = path.with_suffix(".tmp")
+        np.savetxt(tmp, np.column_stack([t, e, k]), delimiter=",", comments="",
+                   header="time_ps,total_kjmol,kinetic_kjmol")
+        tmp.replace(path)
+        report(run, t, e, k, cpu_ms)
+
+
+def report(run, t, e, k, cpu_ms):
+    slope = np.polyfit(t, e, 1)[0]
+    print(f"{run}: {t[-1]:.3f} ps, max |E-E0| = {np.abs(e - e[0]).max():.3f} kJ/mol, "
+          f"drift {slope:.3f} kJ/mol/ps, <KE> {k.mean():.1f} kJ/mol, {cpu_ms:.1f} CPU ms/step", flush=True)
 
 
 if __name__ == "__main__":

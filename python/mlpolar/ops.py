@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 
 from . import _library  # noqa: F401  (loads the operator library)
+from . import ops_fake  # noqa: F401,E402  (fake kernels for torch.compile, after the library is loaded)
 
 
 def ncart(degree: int) -> int:

@@ -39,3 +39,33 @@ def test_resume_and_truncate(pxw, tmp_path):
         sample(pxw, path, n_frames=5, **{**kw, "seed": 8})
     with pytest.raises(ValueError, match="stride"):
         sample(pxw, path, n_frames=5, **{**kw, "stride": 0})
+
+
+def test_hydrogen_mass_repartitioning(pxw, tmp_path):
+    """HMR for the sampling: solute hydrogens get the requested mass, their heavy partners lose it,
+    water keeps its masses, the total mass is unchanged; a 4 fs trajectory records the setting and
+    refuses to resume without it."""
+    import openmm
+    from mlpolar.data.sampling import repartition_hydrogen_mass
+    system = openmm.XmlSerializer.clone(pxw.system)
+    masses = lambda s: np.array([s.getParticleMass(i)._value for i in range(s.getNumParticles())])
+    before = masses(system)
+    repartition_hydrogen_mass(system, pxw.topology, 4.0)
+    after = masses(system)
+    assert after.sum() == pytest.approx(before.sum(), rel=1e-12)
+    atoms = list(pxw.topology.atoms())
+    lig_h = [i for i in pxw.ligand_indices if atoms[i].element.symbol == "H"]
+    water = [a.index for a in atoms if a.residue.name == "HOH"]
+    np.testing.assert_allclose(after[lig_h], 4.0)
+    np.testing.assert_array_equal(after[water], before[water])
+    with pytest.raises(ValueError, match="hydrogen_mass_amu"):
+        repartition_hydrogen_mass(system, pxw.topology, 7.0)
+    path = tmp_path / "hmr.h5"
+    kw = dict(stride=5, equilibration_steps=0, seed=7, minimize_max_iterations=20, platform="CPU",
+              threads=1, timestep_ps=0.004, hydrogen_mass_amu=4.0)
+    sample(pxw, path, n_frames=2, **kw)
+    with h5py.File(path) as f:
+        assert f.attrs["hydrogen_mass_amu"] == 4.0 and f.attrs["timestep_ps"] == 0.004
+        assert np.all(np.isfinite(f["positions"][:]))
+    with pytest.raises(ValueError, match="hydrogen_mass_amu"):
+        sample(pxw, path, n_frames=3, **{**kw, "hydrogen_mass_amu": None})

@@ -89,3 +89,19 @@ def test_t4_lysozyme_complex(cache_dir):
 def test_bad_name():
     with pytest.raises(ValueError, match="name="):
         S.prepare_system("benzene_in_space")
+
+
+def test_box_shape(cache_dir):
+    """The complex in a rhombic dodecahedron: same padding, fewer atoms than the cube, a reduced
+    triclinic box with its own cache entry; bad shapes are refused before any work."""
+    cube = S.prepare_system("t4l99a_pxylene_water", cache_dir)
+    dodec = S.prepare_system("t4l99a_pxylene_water", cache_dir, box_shape="dodecahedron")
+    assert dodec.n_atoms < 0.8 * cube.n_atoms
+    b = dodec.box_vectors
+    assert b[0, 1] == b[0, 2] == b[1, 2] == 0 and b[2, 0] != 0 and abs(b[2, 0]) <= b[0, 0] / 2 + 1e-9
+    assert dodec.metadata["box_shape"] == "dodecahedron"
+    assert np.isfinite(_energy(dodec.system, dodec.positions, dodec.box_vectors))
+    with pytest.raises(ValueError, match="box_shape"):
+        S.prepare_system("t4l99a_pxylene_water", cache_dir, box_shape="sphere")
+    with pytest.raises(ValueError, match="box_shape"):
+        S.prepare_system("pxylene_water", cache_dir, box_shape="dodecahedron")

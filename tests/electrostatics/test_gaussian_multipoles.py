@@ -380,15 +380,17 @@ def test_periodic_include_self(GM, device, include_self):
         assert maxrel(g, want) <= 1e-5, (name, maxrel(g, want))  # own density never included
 
 
+@pytest.mark.parametrize("reciprocal", ["pme", "ewald"])
 @pytest.mark.parametrize("tolerance", [1e-4, 1e-5])
 @pytest.mark.parametrize("content", ["q", "qdQ"])
 @pytest.mark.parametrize("kind", ["cubic", "triclinic"])
-def test_periodic_default_parameters_meet_tolerance(GM, device, kind, content, tolerance):
+def test_periodic_default_parameters_meet_tolerance(GM, device, kind, content, tolerance, reciprocal):
     """alpha and grid from `tolerance` (OpenMM's rule): force RMS error within 10 x tolerance,
-    energy within 10 x tolerance (relative), for charges and for full multipoles."""
+    energy within 10 x tolerance (relative), for charges and for full multipoles; PME and the
+    direct reciprocal sum (which "auto" picks for these 20 sites)."""
     key = (kind, content, "gauss", True, kind == "triclinic")
     ref = reference_result(key)
-    elec = GM(tolerance=tolerance)
+    elec = GM(tolerance=tolerance, reciprocal=reciprocal)
     alpha, grid, order = elec.parameters(system(*key)["box"], system(*key)["widths"])
     assert alpha > 0 and len(grid) == 3 and order == 5
     got = mlpolar_result(elec, system(*key), device, potential=False)

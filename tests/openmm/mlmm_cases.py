@@ -47,9 +47,10 @@ def state_values(ctx, parameters=None, groups=-1):
             s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer), derivs)
 
 
-def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4):
+def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4, switch_nm=None):
     """Alanine dipeptide (openmmtools data) in a small cubic TIP3P box, Amber14, PME, flexible solute,
-    rigid water, minimised with the MM force field. Returns a Case."""
+    rigid water, Lennard-Jones switched from `switch_nm` (None: hard cutoff), minimised with the MM
+    force field. Returns a Case."""
     import openmm.app as app
     from openmmtools.testsystems import AlanineDipeptideVacuum
     vac = AlanineDipeptideVacuum()
@@ -57,7 +58,8 @@ def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4):
     modeller = app.Modeller(vac.topology, vac.positions)
     modeller.addSolvent(ff, boxSize=openmm.Vec3(box_nm, box_nm, box_nm) * u.nanometer)
     system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=cutoff_nm * u.nanometer,
-                             constraints=None, rigidWater=True, ewaldErrorTolerance=tolerance)
+                             constraints=None, rigidWater=True, ewaldErrorTolerance=tolerance,
+                             **({} if switch_nm is None else dict(switchDistance=switch_nm * u.nanometer)))
     ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("CPU"))
     ctx.setPositions(modeller.positions)
     openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 500)
@@ -70,12 +72,60 @@ def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4):
     return Case(t)
 
 
-def nve_run(case, steps, report_every, dt_fs=0.5, temperature=300.0, platform="CPU", seed=11, mlmm=True):
+def tiny_mlpolar(seed=0):
+    """A small untrained MLPolar (equivariant, 16 channels, 2 layers, float64) for H, C, N, O."""
+    import torch
+    from mlpolar.model import MLPolar, MLPolarConfig
+    torch.manual_seed(seed)
+    return MLPolar(MLPolarConfig(elements=[1, 6, 7, 8], channels=16, layers=2)).double()
+
+
+def add_ml_bonded_terms(mixed, original, ml_atoms):
+    """Copy the MM bonds, angles and torsions inside the ML region from `original` into `mixed`
+    (which lost them in create_mixed_system). With an untrained model these hold the molecule
+    together, so that an NVE run tests the conservation of the ML/MM forces, not a falling-apart
+    molecule."""
+    ml = set(int(i) for i in ml_atoms)
+    for f in original.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            g = openmm.HarmonicBondForce()
+            for k in range(f.getNumBonds()):
+                i, j, r0, kb = f.getBondParameters(k)
+                if i in ml and j in ml:
+                    g.addBond(i, j, r0, kb)
+        elif isinstance(f, openmm.HarmonicAngleForce):
+            g = openmm.HarmonicAngleForce()
+            for k in range(f.getNumAngles()):
+                i, j, l, a0, ka = f.getAngleParameters(k)
+                if {i, j, l} <= ml:
+                    g.addAngle(i, j, l, a0, ka)
+        elif isinstance(f, openmm.PeriodicTorsionForce):
+            g = openmm.PeriodicTorsionForce()
+            for k in range(f.getNumTorsions()):
+                i, j, l, m, n, p, kt = f.getTorsionParameters(k)
+                if {i, j, l, m} <= ml:
+                    g.addTorsion(i, j, l, m, n, p, kt)
+        else:
+            continue
+        g.setUsesPeriodicBoundaryConditions(original.usesPeriodicBoundaryConditions())
+        mixed.addForce(g)
+    return mixed
+
+
+def nve_run(case, steps, report_every, dt_fs=0.5, temperature=300.0, platform="CPU", seed=11, mlmm=True,
+            model=None, keep_ml_bonded=False, constraint_tolerance=1e-8):
     """Velocity-Verlet NVE of the ML/MM System of a Case (or of its MM System with mlmm=False);
-    (times ps, total energies, kinetic energies)."""
+    (times ps, total energies, kinetic energies). `model` replaces the case's fixed-charge model;
+    keep_ml_bonded adds the MM bonded terms of the ML region back (add_ml_bonded_terms)."""
     from mlpolar.openmm import create_mixed_system
-    mixed = create_mixed_system(case.topology, case.system, case.ml_atoms, case.model) if mlmm else case.system
+    if mlmm:
+        mixed = create_mixed_system(case.topology, case.system, case.ml_atoms, model if model is not None else case.model)
+        if keep_ml_bonded:
+            add_ml_bonded_terms(mixed, case.system, case.ml_atoms)
+    else:
+        mixed = case.system
     integrator = openmm.VerletIntegrator(dt_fs * u.femtosecond)
+    integrator.setConstraintTolerance(constraint_tolerance)
     ctx = openmm.Context(mixed, integrator, openmm.Platform.getPlatformByName(platform))
     ctx.setPositions(case.positions)
     ctx.setVelocitiesToTemperature(temperature * u.kelvin, seed)

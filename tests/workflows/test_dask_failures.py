@@ -89,3 +89,46 @@ def test_task_names_are_checked(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="task names"):
         run_tasks({"a/b": (sample_window, {})}, tmp_path)
+
+
+def test_campaign_on_an_external_scheduler(tmp_path):
+    """The cluster route: a separately started `dask scheduler` and `dask worker` processes (as
+    dask-jobqueue starts them on a batch system), reached by address with scheduler=...; the
+    campaign's results equal direct runs on the Reference platform bit for bit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        if not sched_file.exists():
+            pytest.fail("the dask scheduler did not start within 60 s")
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(sched_file),
+                                       "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        import json
+        address = json.loads(sched_file.read_text())["address"]
+        tasks = _window_tasks(2, n_samples=5)
+        out = run_tasks(tasks, tmp_path / "out", scheduler=address, retries=1, progress=False,
+                        log=lambda *a: None)
+        assert out["failed"] == {} and sorted(out["results"]) == sorted(tasks)
+        for name, (fn, kw) in tasks.items():
+            np.testing.assert_array_equal(out["results"][name]["u_ln"], fn(**kw)["u_ln"])
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()

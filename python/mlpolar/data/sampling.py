@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import openmm
+from openmm import app
 import openmm.unit as u
 
 from .systems import PreparedSystem
@@ -28,12 +29,15 @@ from .systems import PreparedSystem
 def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.0,
                             friction_per_ps: float = 1.0, timestep_ps: float = 0.002,
                             seed: int = 0, platform: str | None = None,
-                            threads: int | None = None) -> openmm.Context:
+                            threads: int | None = None,
+                            hydrogen_mass_amu: float | None = None) -> openmm.Context:
     integ = openmm.LangevinMiddleIntegrator(temperature_K * u.kelvin,
                                             friction_per_ps / u.picosecond,
                                             timestep_ps * u.picosecond)
     integ.setRandomNumberSeed(int(seed))
     system = openmm.XmlSerializer.clone(prep.system)
+    if hydrogen_mass_amu is not None:
+        repartition_hydrogen_mass(system, prep.topology, hydrogen_mass_amu)
     if platform is None:
         names = [openmm.Platform.getPlatform(i).getName()
                  for i in range(openmm.Platform.getNumPlatforms())]
@@ -48,14 +52,46 @@ def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.
     return ctx
 
 
+def repartition_hydrogen_mass(system: openmm.System, topology, hydrogen_mass_amu: float) -> None:
+    """Hydrogen mass repartitioning: set every non-water hydrogen bonded to a heavy atom to
+    ``hydrogen_mass_amu`` and take the difference from that heavy atom (total mass unchanged;
+    water is rigid and left alone), as ``ForceField.createSystem(hydrogenMass=...)`` does.
+    Masses do not enter the configurational Boltzmann distribution, so the sampled
+    configurations keep their distribution while a 4 fs step becomes stable."""
+    if not 1.0 < float(hydrogen_mass_amu) < 5.0:
+        raise ValueError(f"hydrogen_mass_amu={hydrogen_mass_amu} should lie in (1, 5) amu; "
+                         "1.5-4 is usual (4 with a 4 fs step)")
+    h = app.element.hydrogen
+    for a, b in topology.bonds():
+        if a.element is h and b.element is h:
+            continue
+        if b.element is h:
+            a, b = b, a
+        if a.element is not h or a.residue.name in ("HOH", "WAT"):
+            continue
+        m_h = system.getParticleMass(a.index).value_in_unit(u.dalton)
+        m_x = system.getParticleMass(b.index).value_in_unit(u.dalton)
+        if m_h == 0 or m_x == 0:  # virtual site or fixed atom
+            continue
+        delta = float(hydrogen_mass_amu) - m_h
+        if m_x - delta < 1.0:
+            raise ValueError(f"hydrogen_mass_amu={hydrogen_mass_amu} leaves atom {b.index} "
+                             f"({b.name}) lighter than 1 amu; use a smaller value")
+        system.setParticleMass(a.index, float(hydrogen_mass_amu))
+        system.setParticleMass(b.index, m_x - delta)
+
+
 def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, stride: int,
            equilibration_steps: int = 5000, seed: int = 0, temperature_K: float = 300.0,
            timestep_ps: float = 0.002, minimize_max_iterations: int = 2000, platform: str | None = None,
-           threads: int | None = None, progress: bool = False) -> Path:
+           threads: int | None = None, hydrogen_mass_amu: float | None = None,
+           progress: bool = False) -> Path:
     """Run (or resume) MD and write ``n_frames`` configurations, one every ``stride`` steps,
     after energy minimisation (``minimize_max_iterations``, 0 = none) and
     ``equilibration_steps`` steps. Returns the trajectory path. Calling it again with the
-    same file continues; calling it with a larger ``n_frames`` extends the trajectory."""
+    same file continues; calling it with a larger ``n_frames`` extends the trajectory.
+    ``hydrogen_mass_amu`` (e.g. 4 with ``timestep_ps=0.004``) repartitions hydrogen masses
+    for the sampling only (see :func:`repartition_hydrogen_mass`)."""
     if int(n_frames) < 1:
         raise ValueError(f"n_frames={n_frames} must be >= 1")
     if int(stride) < 1:
@@ -67,7 +103,8 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
     chk = out.with_name(out.name + ".chk")
     n_atoms = prep.n_atoms
     ctx = make_simulation_context(prep, temperature_K=temperature_K, timestep_ps=timestep_ps,
-                                  seed=seed, platform=platform, threads=threads)
+                                  seed=seed, platform=platform, threads=threads,
+                                  hydrogen_mass_amu=hydrogen_mass_amu)
     integ = ctx.getIntegrator()
     with h5py.File(out, "a") as f:
         if "positions" not in f:
@@ -80,14 +117,18 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
                            timestep_ps=timestep_ps, stride=int(stride), seed=int(seed),
                            equilibration_steps=int(equilibration_steps),
                            integrator="LangevinMiddleIntegrator, friction 1/ps",
-                           openmm_version=openmm.__version__, wrapped=False)
+                           openmm_version=openmm.__version__, wrapped=False,
+                           hydrogen_mass_amu=float(hydrogen_mass_amu or 0.0))
         elif f["positions"].shape[1] != n_atoms:
             raise ValueError(f"{out} holds a trajectory of {f['positions'].shape[1]} atoms, "
                              f"but the system has {n_atoms}; use another out_path")
-        elif int(f.attrs["stride"]) != int(stride) or int(f.attrs["seed"]) != int(seed):
+        elif (int(f.attrs["stride"]) != int(stride) or int(f.attrs["seed"]) != int(seed)
+              or float(f.attrs["timestep_ps"]) != float(timestep_ps)
+              or float(f.attrs.get("hydrogen_mass_amu", 0.0)) != float(hydrogen_mass_amu or 0.0)):
             raise ValueError(f"{out} was started with stride={f.attrs['stride']}, "
-                             f"seed={f.attrs['seed']}; resume with the same values or use "
-                             "another out_path")
+                             f"seed={f.attrs['seed']}, timestep_ps={f.attrs['timestep_ps']}, "
+                             f"hydrogen_mass_amu={f.attrs.get('hydrogen_mass_amu', 0.0)}; resume "
+                             "with the same values or use another out_path")
         done = 0
         if chk.exists():
             blob = chk.read_bytes()

@@ -31,9 +31,9 @@ def spin_channel_targets(total_charge: torch.Tensor, multiplicity: torch.Tensor)
     return torch.stack([0.5 * (q + spin), 0.5 * (q - spin)], dim=1)
 
 
-def _check_arguments(charges: torch.Tensor, fukui_logits: torch.Tensor, total_charge: torch.Tensor,
-                     multiplicity: torch.Tensor, fragments: Optional[torch.Tensor],
-                     n_electrons: Optional[torch.Tensor]) -> torch.Tensor:
+def check_arguments(charges: torch.Tensor, fukui_logits: torch.Tensor, total_charge: torch.Tensor,
+                    multiplicity: torch.Tensor, fragments: Optional[torch.Tensor],
+                    n_electrons: Optional[torch.Tensor]) -> torch.Tensor:
     """Validates everything before any work; returns the [n] int64 fragment ids."""
     if charges.dtype != torch.float32 and charges.dtype != torch.float64:
         raise TypeError(f"charges must be float32 or float64, got {charges.dtype}")
@@ -144,6 +144,6 @@ def fukui_equilibrate(charges: torch.Tensor, fukui_logits: torch.Tensor, total_c
     of each neutral fragment (sum of atomic numbers), used to reject impossible charge/multiplicity
     pairs. Differentiable (twice) with respect to charges, fukui_logits and a floating total_charge.
     """
-    frag = _check_arguments(charges, fukui_logits, total_charge, multiplicity, fragments, n_electrons)
+    frag = check_arguments(charges, fukui_logits, total_charge, multiplicity, fragments, n_electrons)
     targets = spin_channel_targets(total_charge, multiplicity).to(charges.dtype)
     return torch.ops.mlpolar.fukui_equilibrate(charges, fukui_logits, targets, frag)

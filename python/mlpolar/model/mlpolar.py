@@ -21,7 +21,9 @@ from ..electrostatics.multipoles import receiver_coefficients, split_derivatives
 from ..units import ONE_4PI_EPS0
 from .blocks import CartesianBlock, ChargeBlock, mlp
 from .config import MLPolarConfig
-from .fukui import fukui_equilibrate
+from .coulomb import DENSE_MAX, dense_geometry, potential, potential_and_gradient
+from .fukui import check_arguments as check_fukui_arguments
+from .fukui import spin_channel_targets
 from .geometry import bessel_basis, neighbour_pairs
 from .mm import MMTaylor
 from .polarisation import ChargeUpdate, EquivariantUpdate
@@ -52,6 +54,7 @@ class MLPolar(nn.Module):
         self.energy_scale: float = float(config.energy_scale)
         self.elec_cutoff: float = float(config.electrostatics_cutoff)
         self.coulomb: float = ONE_4PI_EPS0
+        self.dense_max: int = DENSE_MAX
         C, S, H = config.channels, len(config.elements), len(config.heads)
 
         index = torch.full((119,), -1, dtype=torch.long)
@@ -129,9 +132,10 @@ class MLPolar(nn.Module):
         V = self.electrostatics.field_derivatives(positions, d, deg_out, q, widths, box, None)
         return d, V
 
-    def _equilibrate(self, q: torch.Tensor, logits: torch.Tensor, total_charge: torch.Tensor,
-                     multiplicity: torch.Tensor, fragments: Optional[torch.Tensor]) -> torch.Tensor:
-        return fukui_equilibrate(q, logits, total_charge, multiplicity, fragments, None)
+    def _equilibrate(self, q: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                     frag: torch.Tensor) -> torch.Tensor:
+        """Fukui equilibration with arguments checked once per step (forward)."""
+        return torch.ops.mlpolar.fukui_equilibrate(q, logits, targets, frag)
 
     # ------------------------------------------------------------------ forward
     def forward(self, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
@@ -139,24 +143,31 @@ class MLPolar(nn.Module):
                 mm_positions: Optional[torch.Tensor] = None, mm_charges: Optional[torch.Tensor] = None,
                 box: Optional[torch.Tensor] = None, external_field: Optional[torch.Tensor] = None,
                 head: Optional[str] = None) -> Dict[str, torch.Tensor]:
-        index = self._check_inputs(species, positions, total_charge, multiplicity, fragments, mm_positions,
-                                   mm_charges, box, external_field)
+        if torch.jit.is_scripting():
+            index, frag = self._validate(species, positions, total_charge, multiplicity, fragments, mm_positions,
+                                         mm_charges, box, external_field)
+        else:
+            # one eager call under torch.compile: the checks read values (a graph break each otherwise)
+            index, frag = _validate_eagerly(self, species, positions, total_charge, multiplicity, fragments,
+                                            mm_positions, mm_charges, box, external_field)
         h = self.head_index(head)
         n = positions.shape[0]
         dtype, device = positions.dtype, positions.device
         k = self.coulomb
         ell = self.feature_length
-        # charge/multiplicity/electron-count parity is checked once, before any work
-        n_electrons = torch.zeros_like(total_charge, dtype=torch.long)
-        frag_ids = fragments if fragments is not None else torch.zeros(n, dtype=torch.long, device=device)
-        n_electrons = n_electrons.index_add(0, frag_ids, species)
-        fukui_equilibrate(positions.new_zeros(n, 2), positions.new_zeros(n, 2), total_charge.to(dtype),
-                          multiplicity, fragments, n_electrons)
         total_charge = total_charge.to(dtype)
+        targets = spin_channel_targets(total_charge, multiplicity).to(dtype)
 
         widths = self.widths_of(index)
-        i, j, r = neighbour_pairs(positions, self.cutoff, box)
-        dist = r.norm(p=2, dim=1)
+        # fast variant without a box: the ML–ML pair geometry of all five charge-field evaluations and
+        # the local pairs come from one n×n pass (coulomb.py); otherwise each evaluation calls the core
+        dense = (not self.equivariant) and box is None and n <= self.dense_max
+        W = positions.new_zeros(0, 0, 0)
+        if dense:
+            W, i, j, r, dist = dense_geometry(positions, widths, k, self.cutoff)
+        else:
+            i, j, r = neighbour_pairs(positions, self.cutoff, box)
+            dist = r.norm(p=2, dim=1)
         u = r / dist[:, None]
         basis, env = bessel_basis(dist, self.cutoff, self.radial_basis, self.envelope_power)
 
@@ -180,7 +191,7 @@ class MLPolar(nn.Module):
             for block in self.cartesian_blocks:
                 s, v, t = block(s, v, t, i, j, u, basis, env)
             out = self.charge_head(s)
-            q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
+            q = self._equilibrate(out[:, 0:2], out[:, 2:4], targets, frag)
             # dipoles in units of e·ℓ and quadrupoles of e·ℓ² (ℓ = feature_length)
             mu = self.mu_head(v) * (0.1 * ell)
             if self.quadrupoles:
@@ -195,34 +206,47 @@ class MLPolar(nn.Module):
                 hess = (hess + T2) * (ell ** 3 / k)
                 t3 = T3 * (ell ** 4 / k) if T3 is not None else None
                 s, dq, logits, dmu, dth = update(s, v, t, q, phi, grad, hess, t3)
-                q = self._equilibrate(q + dq, logits, total_charge, multiplicity, fragments)
+                q = self._equilibrate(q + dq, logits, targets, frag)
                 if mu is not None:
                     mu = mu + dmu * ell
                 if theta is not None and dth is not None:
                     theta = theta + dth * (ell * ell)
         else:
             out = self.charge_head(s)
-            q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
+            q = self._equilibrate(out[:, 0:2], out[:, 2:4], targets, frag)
             for block in self.charge_blocks:
                 # MPNICE: the block sees the current charges and their potential, then re-equilibrates
-                _, V = self._ml_field(positions, q.sum(1), None, None, widths, box, 0)
-                s, out = block(s, q, (V[:, 0] + T0) * (ell / k), i, j, basis, env)
-                q = self._equilibrate(out[:, 0:2], out[:, 2:4], total_charge, multiplicity, fragments)
+                if dense:
+                    phi0 = potential(W, q.sum(1))
+                else:
+                    phi0 = self._ml_field(positions, q.sum(1), None, None, widths, box, 0)[1][:, 0]
+                s, out = block(s, q, (phi0 + T0) * (ell / k), i, j, basis, env)
+                q = self._equilibrate(out[:, 0:2], out[:, 2:4], targets, frag)
+            # the MM + external part of (φ, ∇φ), added to the ML part in one operation per iteration
+            outer = torch.cat([T0[:, None], T1 + ext_grad], dim=1)
             for update in self.charge_updates:
-                _, V = self._ml_field(positions, q.sum(1), None, None, widths, box, 1)
-                phi = (V[:, 0] + T0) * (ell / k)
-                grad = (V[:, 1:4] + T1 + ext_grad) * (ell ** 2 / k)
-                s, dq, logits = update(s, q, phi, grad)
-                q = self._equilibrate(q + dq, logits, total_charge, multiplicity, fragments)
+                if dense:
+                    V = potential_and_gradient(W, q.sum(1))
+                else:
+                    V = self._ml_field(positions, q.sum(1), None, None, widths, box, 1)[1]
+                F = (V + outer) * (ell ** 2 / k)     # dimensionless: φ ℓ/k, ∇φ ℓ²/k
+                s, dq, logits = update(s, q, F[:, 0] / ell, F[:, 1:4])
+                q = self._equilibrate(q + dq, logits, targets, frag)
 
         # final density: charges q, dipoles μ, quadrupoles Θ (sums of the spin channels)
         charges = q.sum(1)
         dipoles = mu.sum(2) if mu is not None else positions.new_zeros(n, 3)
         quads = theta.sum(3) if theta is not None else None
-        d, V = self._ml_field(positions, charges, dipoles if mu is not None else None, quads, widths, box,
-                              2 if self.equivariant else 1)
-        e_elec = 0.5 * (d * V[:, :d.shape[1]]).sum()
-        e_emb = (charges * T0).sum() + (dipoles * T1).sum()
+        if dense:
+            V = potential_and_gradient(W, charges)
+            e_elec = 0.5 * (charges * V[:, 0]).sum()
+        else:
+            d, V = self._ml_field(positions, charges, dipoles if mu is not None else None, quads, widths, box,
+                                  2 if self.equivariant else 1)
+            e_elec = 0.5 * (d * V[:, :d.shape[1]]).sum()
+        e_emb = (charges * T0).sum()
+        if mu is not None:
+            e_emb = e_emb + (dipoles * T1).sum()
         if quads is not None:
             e_emb = e_emb + (quads * T2).sum() / 3.0
         e_ext = positions.new_zeros(())
@@ -250,6 +274,21 @@ class MLPolar(nn.Module):
         return result
 
     # ------------------------------------------------------------------ checks
+    def _validate(self, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
+                  multiplicity: torch.Tensor, fragments: Optional[torch.Tensor], mm_positions: Optional[torch.Tensor],
+                  mm_charges: Optional[torch.Tensor], box: Optional[torch.Tensor],
+                  external_field: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(species indices [n], fragment ids [n]) after every check, the charge/multiplicity/electron-count
+        parity included, so that the Fukui equilibrations of the step need no checks of their own."""
+        index = self._check_inputs(species, positions, total_charge, multiplicity, fragments, mm_positions,
+                                   mm_charges, box, external_field)
+        n = positions.shape[0]
+        frag_ids = fragments if fragments is not None else torch.zeros(n, dtype=torch.long, device=positions.device)
+        n_electrons = torch.zeros_like(total_charge, dtype=torch.long).index_add(0, frag_ids, species)
+        frag = check_fukui_arguments(positions.new_zeros(n, 2), positions.new_zeros(n, 2),
+                                     total_charge.to(positions.dtype), multiplicity, fragments, n_electrons)
+        return index, frag
+
     def _check_inputs(self, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
                       multiplicity: torch.Tensor, fragments: Optional[torch.Tensor],
                       mm_positions: Optional[torch.Tensor], mm_charges: Optional[torch.Tensor],
@@ -318,3 +357,13 @@ class MLPolar(nn.Module):
             if external_field.shape != (3,) or external_field.dtype != pdtype:
                 raise ValueError(f"external_field must be a {pdtype} tensor [3] (kJ/mol/nm/e)")
         return index
+
+
+@torch.compiler.disable
+def _validate_eagerly(model: MLPolar, species: torch.Tensor, positions: torch.Tensor, total_charge: torch.Tensor,
+                      multiplicity: torch.Tensor, fragments: Optional[torch.Tensor],
+                      mm_positions: Optional[torch.Tensor], mm_charges: Optional[torch.Tensor],
+                      box: Optional[torch.Tensor], external_field: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    return model._validate(species, positions, total_charge, multiplicity, fragments, mm_positions, mm_charges, box,
+                           external_field)

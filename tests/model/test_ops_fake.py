@@ -1,0 +1,89 @@
+"""Fake kernels of the mlpolar operators (ops_fake.py) against the real kernels, by torch.library.opcheck.
+
+test_faketensor runs each operator on real and on fake tensors and compares shapes, dtypes and
+strides; test_schema checks the schema's mutation/aliasing claims. test_aot_dispatch_dynamic traces
+forward and backward with symbolic shapes: it passes for the Fukui operator; the C++ autograd of
+multipole_field and embedding_field still reads sizes and builds index constants inside their
+backward (csrc/autograd.cpp, csrc/embedding_autograd.cpp), which FakeTensor tracing cannot run —
+recorded below as strict expected failures, so the day they pass the markers must go.
+"""
+import pytest
+import torch
+from torch.library import opcheck
+
+import mlpolar.ops as ops
+from mlpolar import ops_fake
+
+D = torch.float64
+N = 7
+CORE = ("test_schema", "test_faketensor")
+
+
+def _positions(n=N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.8 * torch.rand(n, 3, generator=g, dtype=D)
+
+
+def _box():
+    return torch.tensor([[2.0, 0.0, 0.0], [0.3, 2.1, 0.0], [-0.2, 0.4, 2.2]], dtype=D)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(1)
+    pos = _positions()
+    ptr, idx = ops.exclusions_to_csr(torch.tensor([[0, 1], [2, 3]]), N, pos.device)
+    w = torch.full((N,), 0.08, dtype=D)
+    c1 = torch.randn(N, 4, generator=g, dtype=D)
+    c0 = torch.randn(N, 1, generator=g, dtype=D)
+    mm = 1.5 * torch.rand(11, 3, generator=g, dtype=D)
+    grid = [16, 16, 16]
+    u = torch.rand(N, 3, generator=g, dtype=D) * 16
+    frag = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    return {
+        "multipole_field": [(pos, c1, w, None, ptr, idx, 0.0, 0.0, 1, False),
+                            (pos, c0, None, _box(), ptr, idx, 0.9, 3.0, 2, False)],
+        "multipole_field2": [(pos, c1, c0, w, None, ptr, idx, 0.0, 0.0, 0, 1, False)],
+        "multipole_virial": [(pos, c1, w, _box(), ptr, idx, 0.9, 3.0, False, torch.randn(N, 4, generator=g, dtype=D))],
+        "pme_spread": [(u, c1, grid, 8)],
+        "pme_gather": [(u, torch.randn(*grid, generator=g, dtype=D), 2, 8)],
+        "fukui_equilibrate": [(torch.randn(N, 2, generator=g, dtype=D), torch.randn(N, 2, generator=g, dtype=D),
+                               torch.randn(2, 2, generator=g, dtype=D), frag)],
+        "fukui_equilibrate_backward": [(torch.randn(N, 2, generator=g, dtype=D), torch.randn(N, 2, generator=g, dtype=D),
+                                        torch.randn(N, 2, generator=g, dtype=D), torch.randn(2, 2, generator=g, dtype=D),
+                                        frag)],
+        "embedding_field": [(pos, mm, torch.randn(11, 1, generator=g, dtype=D), w, None, None,
+                             torch.zeros(0, 2, dtype=torch.long), 1.2, 0.1, 0.0, 2)],
+    }
+
+
+def test_every_library_operator_has_a_fake_kernel():
+    missing = ops_fake.missing_fake_kernels()
+    assert not missing, (f"operators without a fake kernel: {missing}; add a shape-only function for each to "
+                         "FAKES in python/mlpolar/ops_fake.py (same output shapes and dtypes as the real kernel)")
+    assert not ops_fake.unavailable_operators(), ops_fake.unavailable_operators()
+    assert set(_cases()) == set(ops_fake.FAKES), "every fake kernel needs an opcheck case here"
+
+
+@pytest.mark.parametrize("name", sorted(ops_fake.FAKES))
+def test_fake_kernel_matches_real(name):
+    op = getattr(torch.ops.mlpolar, name).default
+    for args in _cases()[name]:
+        opcheck(op, args, test_utils=CORE)
+
+
+def _with_grad(name):
+    args = list(_cases()[name][0])
+    for k in {"fukui_equilibrate": (0, 1), "multipole_field": (0, 1), "embedding_field": (0, 1)}[name]:
+        args[k] = args[k].clone().requires_grad_(True)
+    return tuple(args)
+
+
+def test_fukui_traces_forward_and_backward():
+    opcheck(torch.ops.mlpolar.fukui_equilibrate.default, _with_grad("fukui_equilibrate"))
+
+
+@pytest.mark.xfail(strict=True, raises=Exception,
+                   reason="C++ autograd reads numel() of symbolic tensors / builds index constants in backward")
+@pytest.mark.parametrize("name", ["multipole_field", "embedding_field"])
+def test_cpp_autograd_traces_with_symbolic_shapes(name):
+    opcheck(getattr(torch.ops.mlpolar, name).default, _with_grad(name), test_utils=("test_aot_dispatch_dynamic",))
