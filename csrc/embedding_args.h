@@ -86,7 +86,7 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
                                          const c10::optional<at::Tensor>& recv_widths,
                                          const c10::optional<at::Tensor>& src_widths, const c10::optional<at::Tensor>& box,
                                          const at::Tensor& exclusions, double cutoff, double switch_width, double beta,
-                                         int dout) {
+                                         int dout, int width_derivative = 0) {
   EmbeddingInputs<T> in;
   EmbeddingArgs<T>& a = in.args;
   const int64_t nr = recv_pos.size(0), ns = src_pos.size(0);
@@ -100,6 +100,7 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
   a.coeffs = static_cast<const T*>(in.coeffs.data_ptr());
   a.din = degree_of_columns(coeffs.size(1), "coeffs");
   a.dout = dout;
+  a.width_derivative = width_derivative;
   if (recv_widths.has_value()) {
     in.recv_widths = recv_widths->contiguous();
     a.recv_widths = static_cast<const T*>(in.recv_widths.data_ptr());

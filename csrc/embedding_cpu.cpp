@@ -16,7 +16,7 @@ namespace mlpolar {
 void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                           const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                           const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                          double switch_width, double beta, int64_t deg_out) {
+                          double switch_width, double beta, int64_t deg_out, int64_t width_derivative) {
   TORCH_CHECK(recv_pos.dim() == 2 && recv_pos.size(1) == 3, "recv_positions must have shape [n, 3], got ", recv_pos.sizes());
   TORCH_CHECK(src_pos.dim() == 2 && src_pos.size(1) == 3, "src_positions must have shape [m, 3], got ", src_pos.sizes());
   TORCH_CHECK(recv_pos.scalar_type() == at::kFloat || recv_pos.scalar_type() == at::kDouble,
@@ -43,6 +43,9 @@ void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos,
   TORCH_CHECK(cutoff > 0, "cutoff must be positive (nm), got ", cutoff);
   TORCH_CHECK(switch_width >= 0 && switch_width < cutoff, "switch_width must be in [0, cutoff), got ", switch_width);
   TORCH_CHECK(beta >= 0 && (beta == 0 || box.has_value()), "an Ewald splitting parameter needs a periodic box");
+  TORCH_CHECK(width_derivative >= 0 && width_derivative <= 2,
+              "width_derivative must be 0 (the field), 1 (its derivative by the receivers' widths) or 2 (by the "
+              "sources' widths), got ", width_derivative);
 }
 
 namespace {
@@ -180,13 +183,13 @@ bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
 at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                                const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                                const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                               double switch_width, double beta, int64_t deg_out) {
+                               double switch_width, double beta, int64_t deg_out, int64_t width_derivative) {
   check_embedding_args(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions, cutoff, switch_width, beta,
-                       deg_out);
+                       deg_out, width_derivative);
   at::Tensor out = at::zeros({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
   AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_field_cpu", [&] {
     auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions,
-                                              cutoff, switch_width, beta, (int)deg_out);
+                                              cutoff, switch_width, beta, (int)deg_out, (int)width_derivative);
     if (!embedding_fixed(in.args, out.data_ptr<scalar_t>()))
       dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
   });
@@ -200,7 +203,7 @@ namespace {
 at::Tensor embedding_field_meta(const at::Tensor& recv_pos, const at::Tensor&, const at::Tensor&,
                                 const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
                                 const c10::optional<at::Tensor>&, const at::Tensor&, double, double, double,
-                                int64_t deg_out) {
+                                int64_t deg_out, int64_t) {
   return at::empty({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
 }
 }  // namespace
@@ -213,9 +216,11 @@ TORCH_LIBRARY_FRAGMENT(mlpolar, m) {
   // `cutoff` (minimum image with a box) with a C4 switch over the last `switch_width`; with
   // beta > 0 (box needed) the unswitched Ewald real-space kernel minus erf(beta r)/r instead,
   // plus the removal of erf(beta r)/r for excluded pairs. exclusions: [P, 2] (receiver, source).
+  // width_derivative 1 (2): the same sums with the pair kernel replaced by its derivative with
+  // respect to the receiver's (source's) Gaussian width, for the widths' gradients.
   m.def("embedding_field(Tensor recv_positions, Tensor src_positions, Tensor coeffs, Tensor? recv_widths, "
         "Tensor? src_widths, Tensor? box, Tensor exclusions, float cutoff, float switch_width, float beta, "
-        "int deg_out) -> Tensor");
+        "int deg_out, int width_derivative=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mlpolar, CPU, m) { m.impl("embedding_field", &mlpolar::embedding_field_cpu); }

@@ -63,10 +63,10 @@ void check_pme_args(const at::Tensor& grid_positions, const at::Tensor& coeffs_o
 at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                                const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                                const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                               double switch_width, double beta, int64_t deg_out);
+                               double switch_width, double beta, int64_t deg_out, int64_t width_derivative = 0);
 void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                           const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                           const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                          double switch_width, double beta, int64_t deg_out);
+                          double switch_width, double beta, int64_t deg_out, int64_t width_derivative = 0);
 
 }  // namespace mlpolar
