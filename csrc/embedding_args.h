@@ -33,6 +33,9 @@ struct Prefilter {
   at::Tensor list;    // int32 indices of the kept sites of the wide set
   at::Tensor centre;  // [1, 3] double, centre of the compact set (when `imaged`)
   bool imaged = false;
+  // CPU: the wide set's positions with the kept rows already at their images about `centre`
+  // (undefined: image them with imaged_about)
+  at::Tensor wide_imaged;
 };
 
 // Indices (int32) of the sites of `wide` that can be within `cutoff` of some site of `compact`:
@@ -148,8 +151,9 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
     in.src_list = at::arange(ns, src_pos.options().dtype(at::kInt));
   }
   if (pf.imaged) {
-    in.recv_pos = imaged_about(recv_pos, pf.centre, *h);
-    in.src_pos = imaged_about(src_pos, pf.centre, *h);
+    const bool src_wide = nr <= ns;
+    in.recv_pos = (!src_wide && pf.wide_imaged.defined()) ? pf.wide_imaged : imaged_about(recv_pos, pf.centre, *h);
+    in.src_pos = (src_wide && pf.wide_imaged.defined()) ? pf.wide_imaged : imaged_about(src_pos, pf.centre, *h);
     a.recv_pos = static_cast<const T*>(in.recv_pos.data_ptr());
     a.src_pos = static_cast<const T*>(in.src_pos.data_ptr());
     a.imaged = true;

@@ -69,6 +69,13 @@ c10::optional<at::Tensor> as_optional(const at::Tensor& t) {
   return (t.defined() && t.numel() > 0) ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
+// The charge embedding on the CPU (MM charges as sources, no source widths, plain field) has
+// a fused first backward (embedding_charge_backward_cpu): one pass instead of a degree + 1
+// forward and the transposed pass.
+bool fused_backward_applies(const at::Tensor& rp, const at::Tensor& c, const at::Tensor& sw, int64_t wd, int64_t deg) {
+  return rp.device().is_cpu() && c.size(1) == 1 && sw.numel() == 0 && wd == 0 && deg <= 3;
+}
+
 class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rp, const at::Tensor& sp, const at::Tensor& c,
@@ -81,7 +88,7 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["deg"] = deg;
     ctx->saved_data["wd"] = wd;
-    if (graph && rp.requires_grad()) {
+    if (graph && rp.requires_grad() && !fused_backward_applies(rp, c, sw, wd, deg)) {
       // forces on the receivers will be asked for: one degree more in the same pass (not when
       // no graph is recorded, e.g. the backward's own calls without create_graph)
       at::Tensor F1 = call_embedding(rp, sp, c, as_optional(rw), as_optional(sw), as_optional(box), excl, cutoff,
@@ -113,6 +120,15 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
                 "mm_features/embedding_field: gradients with respect to the box are not implemented; pass a box "
                 "that does not require grad (box.detach())");
     const bool need_rp = ctx->needs_input_grad(0), need_sp = ctx->needs_input_grad(1), need_c = ctx->needs_input_grad(2);
+    if (!at::GradMode::is_enabled() && fused_backward_applies(rp, c, sw, wd, dout) && !need_sw) {
+      auto g = embedding_charge_backward_cpu(rp, sp, c, as_optional(rw), as_optional(box), excl, cutoff, width, beta,
+                                             G, need_rw);
+      if (need_rp) out[0] = g[0];
+      if (need_sp) out[1] = g[1];
+      if (need_c) out[2] = g[2];
+      if (need_rw) out[3] = g[3];
+      return out;
+    }
     // roles swapped: the sources become receivers of the receivers' grad as source coefficients
     const at::Tensor flipped = excl.flip({1});
     if (need_rp) {

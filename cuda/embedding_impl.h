@@ -41,11 +41,13 @@ struct EmbeddingArgs {
 
 // S(x) = 1 - smoothstep_4(x) = smoothstep_4(y), y = 1 - x (C4 at both ends), with
 // smoothstep_4(y) = y^5 (126 - 420 y + 540 y^2 - 315 y^3 + 70 y^4). Written in y = (cutoff - r)/w so
-// that S and its derivatives vanish near the cutoff without cancellation. sy[j] = d^j S / dx^j.
+// that S and its derivatives vanish near the cutoff without cancellation. sx[j] = d^j S / dx^j,
+// j <= jmax (a pair of total degree L needs j <= L only).
 template <typename T>
-MLP_HD void switch_derivatives(T y, T* sx) {
+MLP_HD void switch_derivatives(T y, T* sx, int jmax = 9) {
   const T c[10] = {0, 0, 0, 0, 0, 126, -420, 540, -315, 70};
-  for (int j = 0; j <= 9; ++j) {
+  for (int j = 0; j <= 9; ++j) sx[j] = 0;
+  for (int j = 0; j <= jmax && j <= 9; ++j) {
     T acc = 0;
     for (int m = 9; m >= j; --m) {
       T fall = 1;  // m (m-1) ... (m-j+1)
@@ -62,7 +64,7 @@ MLP_HD void switch_derivatives(T y, T* sx) {
 template <typename T>
 MLP_HD void switch_radial(T r, T cutoff, T w, int L, T* BS) {
   T sx[10];
-  switch_derivatives((cutoff - r) / w, sx);
+  switch_derivatives((cutoff - r) / w, sx, L);
   T c[MAX_DEGREE + 2], cn[MAX_DEGREE + 2];
   for (int j = 0; j <= L + 1; ++j) c[j] = 0;
   c[0] = 1;
