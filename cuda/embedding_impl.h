@@ -45,15 +45,23 @@ struct EmbeddingArgs {
 // j <= jmax (a pair of total degree L needs j <= L only).
 template <typename T>
 MLP_HD void switch_derivatives(T y, T* sx, int jmax = 9) {
-  const T c[10] = {0, 0, 0, 0, 0, 126, -420, 540, -315, 70};
+  // d^j/dy^j of sum_m c_m y^m, c = (0,0,0,0,0,126,-420,540,-315,70): row j holds the coefficient
+  // c_m m!/(m-j)! of y^(m-j), m = j..9 (Horner below; exact integers)
+  constexpr double D[10][10] = {
+      {0, 0, 0, 0, 0, 126, -420, 540, -315, 70},
+      {0, 0, 0, 0, 630, -2520, 3780, -2520, 630, 0},
+      {0, 0, 0, 2520, -12600, 22680, -17640, 5040, 0, 0},
+      {0, 0, 7560, -50400, 113400, -105840, 35280, 0, 0, 0},
+      {0, 15120, -151200, 453600, -529200, 211680, 0, 0, 0, 0},
+      {15120, -302400, 1360800, -2116800, 1058400, 0, 0, 0, 0, 0},
+      {-302400, 2721600, -6350400, 4233600, 0, 0, 0, 0, 0, 0},
+      {2721600, -12700800, 12700800, 0, 0, 0, 0, 0, 0, 0},
+      {-12700800, 25401600, 0, 0, 0, 0, 0, 0, 0, 0},
+      {25401600, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
   for (int j = 0; j <= 9; ++j) sx[j] = 0;
   for (int j = 0; j <= jmax && j <= 9; ++j) {
     T acc = 0;
-    for (int m = 9; m >= j; --m) {
-      T fall = 1;  // m (m-1) ... (m-j+1)
-      for (int k = 0; k < j; ++k) fall *= T(m - k);
-      acc = acc * y + c[m] * fall;
-    }
+    for (int k = 9 - j; k >= 0; --k) acc = acc * y + T(D[j][k]);
     sx[j] = (j % 2) ? -acc : acc;  // d/dx = -d/dy
   }
 }
