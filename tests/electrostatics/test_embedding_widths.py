@@ -173,3 +173,20 @@ def test_second_width_derivative_raises():
     (g,) = torch.autograd.grad(T.T0.sum(), s, create_graph=True)
     with pytest.raises(RuntimeError, match="second derivatives with respect to the Gaussian widths"):
         torch.autograd.grad(g.sum(), s)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("long_range", [False, True])
+def test_cuda_width_gradient_matches_cpu(long_range):
+    ml, widths, mm, q = _system(n_ml=5, n_mm=300, box=TRICLINIC, seed=43)
+    excl = torch.tensor([[0, 3], [4, 9]])
+
+    def run(device):
+        s, x, y = (t.to(device).clone().requires_grad_(True) for t in (widths, ml, mm))
+        T = mm_features(x, s, y, q.to(device), box=TRICLINIC.to(device), cutoff=1.0, exclusions=excl.to(device),
+                        long_range=long_range, grid=[30, 30, 30])
+        E = sum((t * t).sum() for t in (T.T0, T.T1, T.T2, T.T3))
+        return [g.detach().cpu() for g in torch.autograd.grad(E, (s, x, y))]
+
+    for a, b in zip(run("cuda"), run("cpu")):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-8)
