@@ -39,14 +39,11 @@ def brute_phi(ml, widths, mm, q, box, cutoff, width):
         mm = mm - torch.floor(frac).detach() @ box
         ml = ml - torch.floor(ml @ torch.linalg.inv(box)).detach() @ box
         shifts = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=F64) @ box
-    phi = 0
-    for s in shifts:
-        r = (ml[:, None, :] - mm[None, :, :] - s).norm(dim=-1)
-        point = widths[:, None] == 0  # 1/r there; a finite dummy width keeps the other branch's grads finite
-        a = 1.0 / (math.sqrt(2) * torch.where(point, torch.ones_like(widths[:, None]), widths[:, None]))
-        k = torch.where(point, torch.ones_like(r), torch.erf(a * r)) / r
-        phi = phi + (_switch(r, cutoff, width) * k * q[None, :]).sum(1)
-    return ONE_4PI_EPS0 * phi
+    r = (ml[:, None, None, :] - mm[None, :, None, :] - shifts[None, None, :, :]).norm(dim=-1)  # [n, m, images]
+    point = widths[:, None, None] == 0  # 1/r there; a finite dummy width keeps the other branch's grads finite
+    a = 1.0 / (math.sqrt(2) * torch.where(point, torch.ones_like(widths[:, None, None]), widths[:, None, None]))
+    k = torch.where(point, torch.ones_like(r), torch.erf(a * r)) / r
+    return ONE_4PI_EPS0 * (_switch(r, cutoff, width) * k * q[None, :, None]).sum((1, 2))
 
 
 def _system(n_ml=4, n_mm=120, box=None, seed=0):
