@@ -9,6 +9,7 @@ built from all four orders (sum of every component), i.e. forces on ML and MM at
 Methods, side by side on the same configurations:
   mlpolar-f32 / mlpolar-f64   mm_features, periodic, cutoff + switch (long_range=False)
   mlpolar-ewald-f64           mm_features with the PME long-range part (long_range=True)
+  mlpolar-wgrad-f64           as mlpolar-f64, the widths' gradient too (learned widths, the model)
   torch-f64                   the same switched Gaussian kernel in plain PyTorch: all ML x MM
                               minimum-image distances, pairs inside the cutoff gathered, T1..T3
                               by nested autograd (create_graph), then the backward
@@ -55,14 +56,14 @@ def make_system(n_ml: int, n_mm: int, dtype, device, seed: int = 0):
     return [t.to(dtype=dtype, device=device) for t in (ml, w, mm, q, box)]
 
 
-def run_mlpolar(ml, w, mm, q, box, cutoff, long_range):
+def run_mlpolar(ml, w, mm, q, box, cutoff, long_range, widths_grad=False):
     import torch
     from mlpolar.electrostatics import mm_features
-    x, y = ml.clone().requires_grad_(True), mm.clone().requires_grad_(True)
-    T = mm_features(x, w, y, q, box=box, cutoff=cutoff, switch_width=0.1, long_range=long_range)
+    x, y, s = ml.clone().requires_grad_(True), mm.clone().requires_grad_(True), w.clone().requires_grad_(widths_grad)
+    T = mm_features(x, s, y, q, box=box, cutoff=cutoff, switch_width=0.1, long_range=long_range)
     E = T.T0.sum() + T.T1.sum() + T.T2.sum() + T.T3.sum()
-    gx, gy = torch.autograd.grad(E, (x, y))
-    return float(E.detach()), gx, gy
+    grads = torch.autograd.grad(E, (x, y, s) if widths_grad else (x, y))
+    return float(E.detach()), grads
 
 
 def run_torch(ml, w, mm, q, box, cutoff):
@@ -106,7 +107,8 @@ def one_case(args) -> dict:
     ml, w, mm, q, box = make_system(args.n_ml, args.n_mm, dtype, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if args.method.startswith("mlpolar"):
-        fn = lambda: run_mlpolar(ml, w, mm, q, box, args.cutoff, "ewald" in args.method)  # noqa: E731
+        fn = lambda: run_mlpolar(ml, w, mm, q, box, args.cutoff, "ewald" in args.method,  # noqa: E731
+                                 "wgrad" in args.method)
     elif args.method.startswith("torch"):
         fn = lambda: run_torch(ml, w, mm, q, box, args.cutoff)  # noqa: E731
     else:

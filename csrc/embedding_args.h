@@ -33,6 +33,9 @@ struct Prefilter {
   at::Tensor list;    // int32 indices of the kept sites of the wide set
   at::Tensor centre;  // [1, 3] double, centre of the compact set (when `imaged`)
   bool imaged = false;
+  // CPU: the wide set's positions with the kept rows already at their images about `centre`
+  // (undefined: image them with imaged_about)
+  at::Tensor wide_imaged;
 };
 
 // Indices (int32) of the sites of `wide` that can be within `cutoff` of some site of `compact`:
@@ -86,7 +89,7 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
                                          const c10::optional<at::Tensor>& recv_widths,
                                          const c10::optional<at::Tensor>& src_widths, const c10::optional<at::Tensor>& box,
                                          const at::Tensor& exclusions, double cutoff, double switch_width, double beta,
-                                         int dout) {
+                                         int dout, int width_derivative = 0) {
   EmbeddingInputs<T> in;
   EmbeddingArgs<T>& a = in.args;
   const int64_t nr = recv_pos.size(0), ns = src_pos.size(0);
@@ -100,6 +103,7 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
   a.coeffs = static_cast<const T*>(in.coeffs.data_ptr());
   a.din = degree_of_columns(coeffs.size(1), "coeffs");
   a.dout = dout;
+  a.width_derivative = width_derivative;
   if (recv_widths.has_value()) {
     in.recv_widths = recv_widths->contiguous();
     a.recv_widths = static_cast<const T*>(in.recv_widths.data_ptr());
@@ -147,8 +151,9 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
     in.src_list = at::arange(ns, src_pos.options().dtype(at::kInt));
   }
   if (pf.imaged) {
-    in.recv_pos = imaged_about(recv_pos, pf.centre, *h);
-    in.src_pos = imaged_about(src_pos, pf.centre, *h);
+    const bool src_wide = nr <= ns;
+    in.recv_pos = (!src_wide && pf.wide_imaged.defined()) ? pf.wide_imaged : imaged_about(recv_pos, pf.centre, *h);
+    in.src_pos = (src_wide && pf.wide_imaged.defined()) ? pf.wide_imaged : imaged_about(src_pos, pf.centre, *h);
     a.recv_pos = static_cast<const T*>(in.recv_pos.data_ptr());
     a.src_pos = static_cast<const T*>(in.src_pos.data_ptr());
     a.imaged = true;

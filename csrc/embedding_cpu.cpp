@@ -16,7 +16,7 @@ namespace mlpolar {
 void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                           const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                           const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                          double switch_width, double beta, int64_t deg_out) {
+                          double switch_width, double beta, int64_t deg_out, int64_t width_derivative) {
   TORCH_CHECK(recv_pos.dim() == 2 && recv_pos.size(1) == 3, "recv_positions must have shape [n, 3], got ", recv_pos.sizes());
   TORCH_CHECK(src_pos.dim() == 2 && src_pos.size(1) == 3, "src_positions must have shape [m, 3], got ", src_pos.sizes());
   TORCH_CHECK(recv_pos.scalar_type() == at::kFloat || recv_pos.scalar_type() == at::kDouble,
@@ -43,6 +43,9 @@ void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos,
   TORCH_CHECK(cutoff > 0, "cutoff must be positive (nm), got ", cutoff);
   TORCH_CHECK(switch_width >= 0 && switch_width < cutoff, "switch_width must be in [0, cutoff), got ", switch_width);
   TORCH_CHECK(beta >= 0 && (beta == 0 || box.has_value()), "an Ewald splitting parameter needs a periodic box");
+  TORCH_CHECK(width_derivative >= 0 && width_derivative <= 2,
+              "width_derivative must be 0 (the field), 1 (its derivative by the receivers' widths) or 2 (by the "
+              "sources' widths), got ", width_derivative);
 }
 
 namespace {
@@ -90,10 +93,34 @@ Prefilter prefilter_loop(const at::Tensor& compact_t, const at::Tensor& wide_t, 
       return out;
     }
     const double lim = reach * (1 + 1e-9) + 1e-9, lim2 = lim * lim;
-    for (int64_t k = 0; k < nw; ++k) {
-      double x = w[3 * k] - centre[0], y = w[3 * k + 1] - centre[1], z = w[3 * k + 2] - centre[2];
-      image(x, y, z);
-      if (x * x + y * y + z * z < lim2 || (extra && extra[k])) kept.push_back((int)k);
+    kept.reserve(nw / 4 + 16);
+    if (!h.has_value()) {
+      for (int64_t k = 0; k < nw; ++k) {
+        const double x = w[3 * k] - centre[0], y = w[3 * k + 1] - centre[1], z = w[3 * k + 2] - centre[2];
+        if (x * x + y * y + z * z < lim2 || (extra && extra[k])) kept.push_back((int)k);
+      }
+    } else {
+      // One pass: the image about the centre (whole lattice vectors off the original position, as
+      // imaged_about_cpu) decides the test and is written for the kept rows; the others are never
+      // read by the kernel (exclusion partners are imaged per pair).
+      const double* b = h->data();
+      const double i0 = 1.0 / b[0], i4 = 1.0 / b[4], i8 = 1.0 / b[8];
+      out.wide_imaged = wt.clone();
+      T* dst = out.wide_imaged.data_ptr<T>();
+      for (int64_t k = 0; k < nw; ++k) {
+        const double x = w[3 * k] - centre[0], y = w[3 * k + 1] - centre[1], z = w[3 * k + 2] - centre[2];
+        const double sc = std::nearbyint(z * i8);
+        const double sb = std::nearbyint((y - sc * b[7]) * i4);
+        const double sa = std::nearbyint((x - sc * b[6] - sb * b[3]) * i0);
+        const double dx = sa * b[0] + sb * b[3] + sc * b[6], dy = sb * b[4] + sc * b[7], dz = sc * b[8];
+        const double ix = x - dx, iy = y - dy, iz = z - dz;
+        if (ix * ix + iy * iy + iz * iz < lim2 || (extra && extra[k])) {
+          kept.push_back((int)k);
+          dst[3 * k] = w[3 * k] - (T)dx;
+          dst[3 * k + 1] = w[3 * k + 1] - (T)dy;
+          dst[3 * k + 2] = w[3 * k + 2] - (T)dz;
+        }
+      }
     }
     out.centre = at::tensor(std::vector<double>(centre, centre + 3), at::TensorOptions().dtype(at::kDouble)).view({1, 3});
     out.imaged = h.has_value();
@@ -175,18 +202,152 @@ bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
   return false;
 }
 
+// Fused backward of the charge embedding (sources = MM charges, din = 0), DOUT = degree of the
+// features: one pass over the pairs gives every first derivative of L = sum_it G_it V_it,
+//   V_it = sum_j q_j R_t(r_i - r_j):  dL/dr_i = sum_j q_j w_j,  dL/dr_j = -q_j w_j,
+//   w_a = sum_t G_it R_{t+e_a},  dL/dq_j = sum_i sum_t G_it R_t,
+//   dL/ds_i = sum_j q_j sum_t G_it R'_t (R' of the width-derivative kernel),
+// instead of a degree-DOUT+1 forward and a transposed pass that recompute the same radial
+// functions. Threads split the sources (each MM row written by one thread); the few ML rows
+// are summed per thread and reduced once.
+template <int DOUT, typename T>
+void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_src, T* g_q, T* g_w) {
+  constexpr int L = DOUT + 1, NOUT = ncart(DOUT);
+  EmbeddingArgs<T> aw = a;
+  aw.width_derivative = 1;
+  const int nr = a.n_recv;
+  // contributions of one pair (x = r_i - r_j, radial functions B of degree <= L)
+  auto pair = [&](int i, int j, T x, T y, T z, const T* B, T* gr, T* gs, T& gq) {
+    T R[ncart(L)];
+    hermite_tensor<L>(x, y, z, B, R);
+    const T* Gi = G + (int64_t)i * NOUT;
+    T w0 = 0, w1 = 0, w2 = 0, q = 0;
+    int it = 0;
+    MLP_UNROLL
+    for (int dt = 0; dt <= DOUT; ++dt)
+      MLP_UNROLL
+      for (int t1 = dt; t1 >= 0; --t1)
+        MLP_UNROLL
+        for (int t2 = dt - t1; t2 >= 0; --t2) {
+          const int t3 = dt - t1 - t2;
+          const T g = Gi[it++];
+          q += g * R[cidx(t1, t2, t3)];
+          w0 += g * R[cidx(t1 + 1, t2, t3)];
+          w1 += g * R[cidx(t1, t2 + 1, t3)];
+          w2 += g * R[cidx(t1, t2, t3 + 1)];
+        }
+    const T qj = a.coeffs[j];
+    gr[3 * i] += qj * w0;
+    gr[3 * i + 1] += qj * w1;
+    gr[3 * i + 2] += qj * w2;
+    gs[0] -= qj * w0;
+    gs[1] -= qj * w1;
+    gs[2] -= qj * w2;
+    gq += q;
+  };
+  auto width_pair = [&](int i, int j, T x, T y, T z, T r2, T* gw) {
+    T B[DOUT + 1], R[NOUT];
+    embedding_radial(aw, i, j, r2, DOUT, B);
+    hermite_tensor<DOUT>(x, y, z, B, R);
+    const T* Gi = G + (int64_t)i * NOUT;
+    T acc = 0;
+    for (int t = 0; t < NOUT; ++t) acc += Gi[t] * R[t];
+    gw[i] += a.coeffs[j] * acc;
+  };
+  const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<T> gr(3 * (size_t)nr, T(0)), gw(g_w ? nr : 0, T(0));
+#pragma omp for schedule(dynamic, 64)
+    for (int k = 0; k < a.n_src_list; ++k) {
+      const int j = a.src_list[k];
+      T gs[3] = {0, 0, 0}, gq = 0;
+      for (int kk = 0; kk < a.n_recv_list; ++kk) {
+        const int i = a.recv_list[kk];
+        T x, y, z;
+        const T r2 = embedding_displacement(a, i, j, x, y, z);
+        if (r2 >= a.cutoff2 || r2 <= T(0) || embedding_excluded(a, i, j)) continue;
+        T B[L + 1];
+        embedding_radial(a, i, j, r2, L, B);
+        pair(i, j, x, y, z, B, gr.data(), gs, gq);
+        if (g_w) width_pair(i, j, x, y, z, r2, gw.data());
+      }
+      g_src[3 * (int64_t)j] += gs[0];
+      g_src[3 * (int64_t)j + 1] += gs[1];
+      g_src[3 * (int64_t)j + 2] += gs[2];
+      g_q[j] += gq;
+    }
+#pragma omp critical
+    {
+      for (int k = 0; k < 3 * nr; ++k) g_recv[k] += gr[k];
+      if (g_w)
+        for (int k = 0; k < nr; ++k) g_w[k] += gw[k];
+    }
+  }
+  // Ewald: the reciprocal part's erf(beta r)/r of excluded pairs taken out (no width in it)
+  if (a.beta > T(0)) {
+    for (int kk = 0; kk < a.n_recv_list; ++kk) {
+      const int i = a.recv_list[kk];
+      for (int64_t e = a.excl_ptr[i]; e < a.excl_ptr[i + 1]; ++e) {
+        const int j = (int)a.excl_idx[e];
+        T x, y, z;
+        const T r2 = embedding_displacement(a, i, j, x, y, z, true);
+        T B[L + 1], gs[3] = {0, 0, 0}, gq = 0;
+        radial_erf(sqrt(r2), r2, a.beta, L, B);
+        for (int n = 0; n <= L; ++n) B[n] = -B[n];
+        pair(i, j, x, y, z, B, g_recv, gs, gq);
+        for (int c = 0; c < 3; ++c) g_src[3 * (int64_t)j + c] += gs[c];
+        g_q[j] += gq;
+      }
+    }
+  }
+}
+
 }  // namespace
+
+std::vector<at::Tensor> embedding_charge_backward_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos,
+                                                      const at::Tensor& charges, const c10::optional<at::Tensor>& recv_widths,
+                                                      const c10::optional<at::Tensor>& box, const at::Tensor& exclusions,
+                                                      double cutoff, double switch_width, double beta,
+                                                      const at::Tensor& grad, bool want_widths) {
+  const int64_t nr = recv_pos.size(0), ns = src_pos.size(0);
+  const int dout = degree_of_columns(grad.size(1), "grad");
+  TORCH_CHECK(charges.dim() == 2 && charges.size(1) == 1, "embedding_charge_backward: charges must be [m, 1]");
+  TORCH_CHECK(dout <= 3, "embedding_charge_backward: feature degree above 3");
+  check_embedding_args(recv_pos, src_pos, charges, recv_widths, c10::nullopt, box, exclusions, cutoff, switch_width,
+                       beta, dout + 1, 0);
+  at::Tensor g_recv = at::zeros({nr, 3}, recv_pos.options()), g_src = at::zeros({ns, 3}, recv_pos.options());
+  at::Tensor g_q = at::zeros({ns, 1}, recv_pos.options());
+  at::Tensor g_w = (want_widths && recv_widths.has_value()) ? at::zeros({nr}, recv_pos.options()) : at::Tensor();
+  const at::Tensor Gc = grad.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_charge_backward_cpu", [&] {
+    auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, charges, recv_widths, c10::nullopt, box, exclusions,
+                                              cutoff, switch_width, beta, dout + 1, 0);
+    scalar_t* gw = g_w.defined() ? g_w.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* G = Gc.data_ptr<scalar_t>();
+    auto* gr = g_recv.data_ptr<scalar_t>();
+    auto* gs = g_src.data_ptr<scalar_t>();
+    auto* gq = g_q.data_ptr<scalar_t>();
+    switch (dout) {
+      case 0: fused_backward_loop<0>(in.args, G, gr, gs, gq, gw); break;
+      case 1: fused_backward_loop<1>(in.args, G, gr, gs, gq, gw); break;
+      case 2: fused_backward_loop<2>(in.args, G, gr, gs, gq, gw); break;
+      default: fused_backward_loop<3>(in.args, G, gr, gs, gq, gw); break;
+    }
+  });
+  return {g_recv, g_src, g_q, g_w};
+}
 
 at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                                const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                                const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                               double switch_width, double beta, int64_t deg_out) {
+                               double switch_width, double beta, int64_t deg_out, int64_t width_derivative) {
   check_embedding_args(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions, cutoff, switch_width, beta,
-                       deg_out);
+                       deg_out, width_derivative);
   at::Tensor out = at::zeros({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
   AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_field_cpu", [&] {
     auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions,
-                                              cutoff, switch_width, beta, (int)deg_out);
+                                              cutoff, switch_width, beta, (int)deg_out, (int)width_derivative);
     if (!embedding_fixed(in.args, out.data_ptr<scalar_t>()))
       dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
   });
@@ -200,7 +361,7 @@ namespace {
 at::Tensor embedding_field_meta(const at::Tensor& recv_pos, const at::Tensor&, const at::Tensor&,
                                 const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
                                 const c10::optional<at::Tensor>&, const at::Tensor&, double, double, double,
-                                int64_t deg_out) {
+                                int64_t deg_out, int64_t) {
   return at::empty({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
 }
 }  // namespace
@@ -213,9 +374,11 @@ TORCH_LIBRARY_FRAGMENT(mlpolar, m) {
   // `cutoff` (minimum image with a box) with a C4 switch over the last `switch_width`; with
   // beta > 0 (box needed) the unswitched Ewald real-space kernel minus erf(beta r)/r instead,
   // plus the removal of erf(beta r)/r for excluded pairs. exclusions: [P, 2] (receiver, source).
+  // width_derivative 1 (2): the same sums with the pair kernel replaced by its derivative with
+  // respect to the receiver's (source's) Gaussian width, for the widths' gradients.
   m.def("embedding_field(Tensor recv_positions, Tensor src_positions, Tensor coeffs, Tensor? recv_widths, "
         "Tensor? src_widths, Tensor? box, Tensor exclusions, float cutoff, float switch_width, float beta, "
-        "int deg_out) -> Tensor");
+        "int deg_out, int width_derivative=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mlpolar, CPU, m) { m.impl("embedding_field", &mlpolar::embedding_field_cpu); }

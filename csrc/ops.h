@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <vector>
 
 namespace mlpolar {
 
@@ -63,10 +64,17 @@ void check_pme_args(const at::Tensor& grid_positions, const at::Tensor& coeffs_o
 at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                                const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                                const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                               double switch_width, double beta, int64_t deg_out);
+                               double switch_width, double beta, int64_t deg_out, int64_t width_derivative = 0);
+// Fused first derivatives of the charge embedding (coeffs [m, 1]) contracted with grad [n, ncart(d)]:
+// {d/d recv_pos [n, 3], d/d src_pos [m, 3], d/d charges [m, 1], d/d recv_widths [n] or undefined}.
+std::vector<at::Tensor> embedding_charge_backward_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos,
+                                                      const at::Tensor& charges, const c10::optional<at::Tensor>& recv_widths,
+                                                      const c10::optional<at::Tensor>& box, const at::Tensor& exclusions,
+                                                      double cutoff, double switch_width, double beta,
+                                                      const at::Tensor& grad, bool want_widths);
 void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                           const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                           const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,
-                          double switch_width, double beta, int64_t deg_out);
+                          double switch_width, double beta, int64_t deg_out, int64_t width_derivative = 0);
 
 }  // namespace mlpolar

@@ -22,6 +22,8 @@ struct EmbeddingArgs {
   const T* src_widths = nullptr;   // [n_src] or nullptr
   const T* coeffs = nullptr;       // [n_src, ncart(din)] source coefficients
   int din = 0, dout = 0;
+  // 0: the pair kernel f; 1 (2): df/d(sigma) of the receiver's (source's) width instead
+  int width_derivative = 0;
   // prefilter: receivers worth visiting and the sources each of them scans
   const int* recv_list = nullptr;  // [n_recv_list]
   int n_recv_list = 0;
@@ -39,17 +41,27 @@ struct EmbeddingArgs {
 
 // S(x) = 1 - smoothstep_4(x) = smoothstep_4(y), y = 1 - x (C4 at both ends), with
 // smoothstep_4(y) = y^5 (126 - 420 y + 540 y^2 - 315 y^3 + 70 y^4). Written in y = (cutoff - r)/w so
-// that S and its derivatives vanish near the cutoff without cancellation. sy[j] = d^j S / dx^j.
+// that S and its derivatives vanish near the cutoff without cancellation. sx[j] = d^j S / dx^j,
+// j <= jmax (a pair of total degree L needs j <= L only).
 template <typename T>
-MLP_HD void switch_derivatives(T y, T* sx) {
-  const T c[10] = {0, 0, 0, 0, 0, 126, -420, 540, -315, 70};
-  for (int j = 0; j <= 9; ++j) {
+MLP_HD void switch_derivatives(T y, T* sx, int jmax = 9) {
+  // d^j/dy^j of sum_m c_m y^m, c = (0,0,0,0,0,126,-420,540,-315,70): row j holds the coefficient
+  // c_m m!/(m-j)! of y^(m-j), m = j..9 (Horner below; exact integers)
+  constexpr double D[10][10] = {
+      {0, 0, 0, 0, 0, 126, -420, 540, -315, 70},
+      {0, 0, 0, 0, 630, -2520, 3780, -2520, 630, 0},
+      {0, 0, 0, 2520, -12600, 22680, -17640, 5040, 0, 0},
+      {0, 0, 7560, -50400, 113400, -105840, 35280, 0, 0, 0},
+      {0, 15120, -151200, 453600, -529200, 211680, 0, 0, 0, 0},
+      {15120, -302400, 1360800, -2116800, 1058400, 0, 0, 0, 0, 0},
+      {-302400, 2721600, -6350400, 4233600, 0, 0, 0, 0, 0, 0},
+      {2721600, -12700800, 12700800, 0, 0, 0, 0, 0, 0, 0},
+      {-12700800, 25401600, 0, 0, 0, 0, 0, 0, 0, 0},
+      {25401600, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
+  for (int j = 0; j <= 9; ++j) sx[j] = 0;
+  for (int j = 0; j <= jmax && j <= 9; ++j) {
     T acc = 0;
-    for (int m = 9; m >= j; --m) {
-      T fall = 1;  // m (m-1) ... (m-j+1)
-      for (int k = 0; k < j; ++k) fall *= T(m - k);
-      acc = acc * y + c[m] * fall;
-    }
+    for (int k = 9 - j; k >= 0; --k) acc = acc * y + T(D[j][k]);
     sx[j] = (j % 2) ? -acc : acc;  // d/dx = -d/dy
   }
 }
@@ -60,7 +72,7 @@ MLP_HD void switch_derivatives(T y, T* sx) {
 template <typename T>
 MLP_HD void switch_radial(T r, T cutoff, T w, int L, T* BS) {
   T sx[10];
-  switch_derivatives((cutoff - r) / w, sx);
+  switch_derivatives((cutoff - r) / w, sx, L);
   T c[MAX_DEGREE + 2], cn[MAX_DEGREE + 2];
   for (int j = 0; j <= L + 1; ++j) c[j] = 0;
   c[0] = 1;
@@ -82,7 +94,34 @@ MLP_HD void switch_radial(T r, T cutoff, T w, int L, T* BS) {
   }
 }
 
-// B_n, n <= L, of the pair kernel between receiver i and source j at distance r (r2 = r^2).
+// x = a r beyond which B_n, n <= L, of erf(a r)/r equal those of 1/r to working precision: the
+// difference is B_n of erfc(a r)/r, relative size ~ (2x^2)^L exp(-x^2) / ((2L-1)!! x sqrt(pi)),
+// below 1e-17 (double) / 1e-9 (float) for x > 6.5 + L/2 (double) / 4.5 + L/2 (float).
+template <typename T>
+MLP_HD T x_point(int L) {
+  return (sizeof(T) == 8 ? T(6.5) : T(4.5)) + T(0.5) * T(L);
+}
+
+// B_n, n <= L, of dK/d(sigma_w), K = erf(a r)/r, a = (2(s_i^2 + s_j^2))^-1/2, sigma_w one of the two
+// widths: dK/da = (2/sqrt(pi)) exp(-a^2 r^2), da/d(sigma_w) = -2 sigma_w a^3, and since
+// D exp(-a^2 r^2) = 2a^2 exp(-a^2 r^2) (D = -(1/r) d/dr),
+//   B_n = -(4/sqrt(pi)) sigma_w a^3 (2a^2)^n exp(-a^2 r^2).
+// A Gaussian-type radial function: zero at sigma_w = 0 (point limit, one-sided) and once the
+// exponential underflows (a r large), which also keeps a^3 (2a^2)^n of tiny widths out.
+template <typename T>
+MLP_HD void radial_width_derivative(T r2, T sigma_w, T inv_two_s, int L, T* B) {
+  const T a2 = inv_two_s, x2 = a2 * r2;
+  const T g = (sigma_w > T(0) && x2 < T(sizeof(T) == 8 ? 740 : 100)) ? exp(-x2) : T(0);
+  if (g == T(0)) {
+    for (int n = 0; n <= L; ++n) B[n] = 0;
+    return;
+  }
+  B[0] = -T(2) * Const<T>::two_over_sqrt_pi * sigma_w * a2 * sqrt(a2) * g;
+  for (int n = 1; n <= L; ++n) B[n] = B[n - 1] * T(2) * a2;
+}
+
+// B_n, n <= L, of the pair kernel between receiver i and source j at distance r (r2 = r^2), or
+// of its derivative by one of the widths (a.width_derivative).
 template <typename T>
 MLP_HD void embedding_radial(const EmbeddingArgs<T>& a, int i, int j, T r2, int L, T* B) {
   const T r = sqrt(r2);
@@ -90,7 +129,22 @@ MLP_HD void embedding_radial(const EmbeddingArgs<T>& a, int i, int j, T r2, int 
   if (a.recv_widths) s += a.recv_widths[i] * a.recv_widths[i];
   if (a.src_widths) s += a.src_widths[j] * a.src_widths[j];
   s *= T(2);
-  if (s <= T(0)) {
+  if (a.width_derivative) {
+    // the Ewald subtraction erf(beta r)/r does not depend on the widths
+    const T* w = a.width_derivative == 1 ? a.recv_widths : a.src_widths;
+    const T sw = w ? w[a.width_derivative == 1 ? i : j] : T(0);
+    if (s <= T(0) || sw <= T(0)) {
+      for (int n = 0; n <= L; ++n) B[n] = 0;
+      return;
+    }
+    radial_width_derivative(r2, sw, T(1) / s, L, B);
+  } else if (s <= T(0)) {
+    if (a.beta > T(0))
+      radial_erfc(r, r2, a.beta, L, B);
+    else
+      radial_point(r2, L, B);
+  } else if (s * x_point<T>(L) * x_point<T>(L) < r2) {
+    // a r beyond x_point: the pair sees a point charge (erf and exp skipped, most pairs of a cutoff)
     if (a.beta > T(0))
       radial_erfc(r, r2, a.beta, L, B);
     else
@@ -104,6 +158,7 @@ MLP_HD void embedding_radial(const EmbeddingArgs<T>& a, int i, int j, T r2, int 
     }
   }
   if (a.beta > T(0) || a.switch_width <= T(0) || r <= a.switch_on) return;
+  // (the width derivative of S K is S dK/d(sigma): the same Leibniz sum)
   // Leibniz: D is a derivation, so D^n (S K) = sum_k C(n,k) D^k S D^(n-k) K
   T BS[MAX_DEGREE + 1], BK[MAX_DEGREE + 1];
   switch_radial(r, a.cutoff, a.switch_width, L, BS);
@@ -154,7 +209,7 @@ MLP_HD void embedding_pair(const EmbeddingArgs<T>& a, int i, int j, T* out) {
 // every excluded pair (minimum image), which is taken out here.
 template <int L, typename T>
 MLP_HD void embedding_corrections(const EmbeddingArgs<T>& a, int i, T* out) {
-  if (a.beta <= T(0)) return;
+  if (a.beta <= T(0) || a.width_derivative) return;  // erf(beta r)/r: no width in it
   T B[MAX_DEGREE + 1], R[ncart(L)];
   for (int64_t k = a.excl_ptr[i]; k < a.excl_ptr[i + 1]; ++k) {
     const int j = (int)a.excl_idx[k];

@@ -28,7 +28,7 @@ class MMTaylor(nn.Module):
         # The embedding operator has no width gradient yet (issue 3 follow-up: B_n of dK/da is a
         # Gaussian, (2/sqrt(pi)) (2a^2)^n exp(-a^2 r^2), times the switch by Leibniz), so learned
         # widths are trained through the ML-ML electrostatics only; the ML-MM term sees them fixed.
-        T = mm_features(positions, widths.detach(), mm_positions, mm_charges, box, self.cutoff,
+        T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
                         self.max_order, self.switch_width, None, True)
         T1 = positions.new_zeros(n, 3)
         T2 = positions.new_zeros(n, 3, 3)
