@@ -25,9 +25,8 @@ class MMTaylor(nn.Module):
         """(T0 [n], T1 [n,3], T2 [n,3,3], T3 [n,3,3,3] or None); orders above max_order are zeros/None.
         Interaction of an ML site (q, μ, Θ) with the MM charges: q T0 + μ·T1 + ⅓ Θ:T2."""
         n = positions.shape[0]
-        # The embedding operator has no width gradient yet (issue 3 follow-up: B_n of dK/da is a
-        # Gaussian, (2/sqrt(pi)) (2a^2)^n exp(-a^2 r^2), times the switch by Leibniz), so learned
-        # widths are trained through the ML-ML electrostatics only; the ML-MM term sees them fixed.
+        # Learned widths get their gradient through the ML-MM term too (the operator's analytic
+        # width derivative, docs/embedding_design.md).
         T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
                         self.max_order, self.switch_width, None, True)
         T1 = positions.new_zeros(n, 3)
