@@ -32,7 +32,8 @@ against a common high-accuracy reference per (case, N):
   above --ref-max-n: mlpolar-f64 at tolerance 1e-7 (a self-consistency check only, marked so)
 
 Timing: one warm-up call (its result is the one checked for accuracy), then at least --repeats
-calls, more for cheap cases until --min-time seconds; the median is reported.  The column 'other'
+calls, more for cheap cases until --min-time seconds; the median is reported, in wall-clock
+and in process CPU time (the robust figure on a shared machine with --threads 1).  The column 'other'
 is the share of the machine's CPUs that *other* processes used while the case ran: on a shared
 machine, treat rows with other > ~0.1 as contaminated (--wait-idle S waits for a quiet machine
 before each case).  The parameters each method used (alpha, grid, k-vectors, ...) are in the
@@ -467,16 +468,18 @@ def worker(spec):
     t_first = time.perf_counter() - t0
     # at least `repeats` timed calls; cheap calls are repeated until ~min_time s have passed
     budget_end = time.perf_counter() + spec.get("min_time", 1.0)
+    cpu_times = []  # process CPU time (all threads): robust to other jobs when --threads 1
     while len(times) < spec["repeats"] or (
             spec["repeats"] > 0 and time.perf_counter() < budget_end and len(times) < 50):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         e, _f = compute()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         del _f
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open("/proc/loadavg") as fh:
         load_after = float(fh.read().split()[0])
-    out = dict(energy=energy, times=times, first_call_s=t_first, setup_s=t_setup, info=info,
+    out = dict(energy=energy, times=times, cpu_times=cpu_times, first_call_s=t_first, setup_s=t_setup, info=info,
                load_before=spec.get("load_before"), load_after=load_after,
                peak_rss_mb=peak_rss / 2**20, rss_base_mb=rss_base / 2**20,
                peak_delta_mb=max(0.0, (peak_rss - rss_base) / 2**20))
@@ -767,6 +770,7 @@ def main(argv=None):
                         continue
                     forces = np.load(spec["forces_out"])
                     row.update(status="ok", median_s=float(np.median(res["times"])),
+                               median_cpu_s=float(np.median(res["cpu_times"])),
                                min_s=float(np.min(res["times"])), first_call_s=res["first_call_s"],
                                setup_s=res["setup_s"], peak_rss_mb=res["peak_rss_mb"],
                                peak_delta_mb=res["peak_delta_mb"], cuda_peak_mb=res.get("cuda_peak_mb"),
@@ -790,7 +794,7 @@ def main(argv=None):
 
 def report(rows, args, cmdline):
     mem_col = "cuda_peak_mb" if args.device == "cuda" else "peak_delta_mb"
-    header = (f"{'case':8s} {'method':20s} {'N':>7s} {'median s':>10s} {'min s':>10s} "
+    header = (f"{'case':8s} {'method':20s} {'N':>7s} {'median s':>10s} {'min s':>10s} {'cpu s':>10s} "
               f"{'peak MB':>9s} {'RSS MB':>8s} {'rel dE':>9s} {'rel dF':>9s} {'calls':>5s} {'other':>5s}  "
               f"reference / status")
     print()
@@ -802,6 +806,7 @@ def report(rows, args, cmdline):
             print(f"{r['case']:8s} {r['method']:20s} {r['n']:7d} {r.get('status')}")
             continue
         print(f"{r['case']:8s} {r['method']:20s} {r['n']:7d} {r['median_s']:10.4f} {r['min_s']:10.4f} "
+              f"{fmt(r.get('median_cpu_s'), '10.4f')} "
               f"{fmt(r.get(mem_col), '9.1f')} {r['peak_rss_mb']:8.0f} "
               f"{fmt(r.get('rel_energy_err'), '9.1e')} {fmt(r.get('rel_rms_force_err'), '9.1e')} "
               f"{r['n_calls']:5d} {fmt(r.get('other_cpu'), '5.2f')}  {r['reference']}")
@@ -818,7 +823,7 @@ def report(rows, args, cmdline):
     if args.csv:
         path = Path(args.csv)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields = ["case", "method", "n", "device", "threads", "status", "median_s", "min_s", "n_calls",
+        fields = ["case", "method", "n", "device", "threads", "status", "median_s", "min_s", "median_cpu_s", "n_calls",
                   "first_call_s", "setup_s", "peak_delta_mb", "peak_rss_mb", "cuda_peak_mb",
                   "energy", "ref_energy", "rel_energy_err", "rel_rms_force_err", "reference", "params",
                   "other_cpu", "load_before", "load_after"]
