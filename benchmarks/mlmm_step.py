@@ -59,9 +59,10 @@ def load_system(name):
     return t, ml
 
 
-def time_steps(system, positions, steps, platform):
+def time_steps(system, positions, steps, platform, threads=None):
     integrator = openmm.VerletIntegrator(0.5 * u.femtosecond)
-    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    props = {"Threads": str(threads)} if (threads and platform == "CPU") else {}
+    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), props)
     ctx.setPositions(positions)
     ctx.setVelocitiesToTemperature(300 * u.kelvin, 1)
     integrator.step(1)
@@ -85,7 +86,11 @@ def main():
     p.add_argument("--systems", nargs="+", default=["alanine_dipeptide_water", "cb7_b2_water", "dhfr_jac"])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/mlmm_step_cpu.csv")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and OpenMM CPU threads (1 makes the CPU-time column robust on a shared machine)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from openmmml import MLPotential
     platform = "CUDA" if torch.cuda.is_available() else "CPU"
     out = Path(args.out)
@@ -121,7 +126,7 @@ def main():
                         system = MLPotential("mlpolar", model=models[mname]).createMixedSystem(t.topology, t.system, ml)
                     else:
                         system = create_mixed_system(t.topology, t.system, ml, models[mname])
-                    ms, cpu_ms, nsday = time_steps(system, t.positions, args.steps, platform)
+                    ms, cpu_ms, nsday = time_steps(system, t.positions, args.steps, platform, args.threads)
                 except Exception as e:   # record what could not run, keep going
                     ms = cpu_ms = nsday = float("nan")
                     note = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
