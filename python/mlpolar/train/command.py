@@ -26,7 +26,8 @@ def command(a: argparse.Namespace) -> int:
         print(f"epoch {row['epoch']:4d}  lr {row['lr']:.3g}  train {row['train_loss']:.5g}  "
               f"val {row['val_loss']:.5g}  E {row['val_energy_mae_kcal']:.3g} kcal/mol  "
               f"F_QM {row['val_qm_force_mae_kcal_A']:.3g}  F_MM "
-              f"{row['val_mm_force_mae_kcal_A']:.3g} kcal/mol/A", flush=True)
+              f"{row['val_mm_force_mae_kcal_A']:.3g} kcal/mol/A  E_int "
+              f"{row['val_interaction_mae_kcal']:.3g} kcal/mol", flush=True)
 
     t.train(stop_after=a.stop_after, on_epoch=report)
     if t.epoch < int(t.cfg["training"]["epochs"]):

@@ -31,16 +31,16 @@ DEFAULTS = {
         "ema_decay": 0.99,      # 0 disables the EMA
         "max_grad_norm": 10.0,  # None disables clipping
         # loss = Σ w_k · MSE_k; energy per atom (kJ/mol)², forces per component (kJ/mol/nm)²,
-        # charges e², dipole (e nm)²
+        # charges e², dipole (e nm)², interaction energy (embedded − vacuum) per atom (kJ/mol)²
         "loss_weights": {"energy": 1.0, "qm_forces": 0.01, "mm_forces": 0.01,
-                         "charges": 0.0, "dipole": 0.0},
+                         "charges": 0.0, "dipole": 0.0, "interaction": 0.0},
         "plots": True,          # parity plots of the final model on val and test
     },
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "exponential", "plateau")
-LOSS_TERMS = ("energy", "qm_forces", "mm_forces", "charges", "dipole")
+LOSS_TERMS = ("energy", "qm_forces", "mm_forces", "charges", "dipole", "interaction")
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:

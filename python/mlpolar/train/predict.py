@@ -54,10 +54,11 @@ def predict(model, c: Configuration, head: Optional[str] = None, *,
             dip = dip + out["dipoles"].sum(dim=0)
         res["dipole"] = dip
     if interaction:
-        with torch.no_grad():
+        # E(with MM) - E(without) at this geometry; the per-element reference cancels. With
+        # create_graph the vacuum pass keeps its graph (the interaction loss trains through it).
+        with torch.set_grad_enabled(create_graph):
             vac = model_outputs(model, c, head, with_mm=False)["energy"]
-            emb = model_outputs(model, c, head, with_mm=True)["energy"]
-        res["interaction_energy"] = emb - vac
+        res["interaction_energy"] = out["energy"] - vac
     if not create_graph:
         res = {k: v.detach() for k, v in res.items()}
     return res
