@@ -11,12 +11,13 @@ reference, see tests/electrostatics/test_ewald_sum.py) and what reciprocal="auto
 import argparse
 import csv
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from electrostatics_breakdown import cpu_ms  # noqa: E402  (one timer for the benchmarks)
 from mlpolar.electrostatics import GaussianMultipoles  # noqa: E402
 
 CASES = [(22, 2.7), (51, 6.2), (200, 6.2), (1000, 6.2)]
@@ -31,13 +32,8 @@ def run(elec, x, q, mu, w, box):
 
 
 def best_cpu_ms(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        c = time.process_time()
-        fn()
-        best = min(best, time.process_time() - c)
-    return 1000.0 * best
+    fn()  # warm-up
+    return cpu_ms(fn, repeats)
 
 
 def main():
