@@ -19,16 +19,11 @@ class Case:
 
 def evaluate(system, positions, platform="Reference", parameters=None, groups=-1, box=None):
     """(energy kJ/mol, forces [N,3] kJ/mol/nm, {parameter: dE/dp}) from a fresh Context."""
-    ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName(platform))
+    ctx = context(system, positions, platform)
     if box is not None:
         ctx.setPeriodicBoxVectors(*box)
-    ctx.setPositions(positions)
-    for k, v in (parameters or {}).items():
-        ctx.setParameter(k, v)
-    s = ctx.getState(getEnergy=True, getForces=True, getParameterDerivatives=bool(parameters), groups=groups)
-    derivs = dict(s.getEnergyParameterDerivatives()) if parameters else {}
-    return (s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
-            s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer), derivs)
+        ctx.setPositions(positions)
+    return state_values(ctx, parameters, groups)
 
 
 def context(system, positions, platform="Reference"):
