@@ -7,6 +7,7 @@
 
 #include "multipole_math.h"
 #include "ops.h"
+#include "trace_safe.h"
 
 namespace mlpolar {
 namespace {
@@ -43,7 +44,7 @@ at::Tensor call_virial(const at::Tensor& pos, const at::Tensor& c, const c10::op
 }
 
 // Column indices of t + e_a (shift = 1) or t + 2 e_a (shift = 2) for every packed t of degree <= d.
-at::Tensor shifted_columns(int d, int axis, int shift, const at::Device& device) {
+at::Tensor shifted_columns(int d, int axis, int shift, const at::Tensor& like) {
   std::vector<int64_t> idx;
   for (int dt = 0; dt <= d; ++dt)
     for (int t1 = dt; t1 >= 0; --t1)
@@ -52,7 +53,7 @@ at::Tensor shifted_columns(int d, int axis, int shift, const at::Device& device)
         t[axis] += shift;
         idx.push_back(cidx(t[0], t[1], t[2]));
       }
-  return at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(device);
+  return small_constant(idx, like.options().dtype(at::kLong), is_traced(like));
 }
 
 // (-1)^{|t|} for every packed t of degree <= d.
@@ -60,20 +61,20 @@ at::Tensor parity(int d, const at::Tensor& like) {
   std::vector<double> s;
   for (int dt = 0; dt <= d; ++dt)
     for (int k = 0; k < ncart(dt) - (dt ? ncart(dt - 1) : 0); ++k) s.push_back(dt % 2 ? -1.0 : 1.0);
-  return at::tensor(s, at::TensorOptions().dtype(at::kDouble)).to(like.options());
+  return small_constant(s, like.options(), is_traced(like));
 }
 
 // [n, 3]: sum_t x_t y_{t + e_a}, with x of degree d and y of degree >= d + 1.
 at::Tensor contract_shift(const at::Tensor& x, const at::Tensor& y, int d) {
   std::vector<at::Tensor> cols;
-  for (int a = 0; a < 3; ++a) cols.push_back((x * y.index_select(1, shifted_columns(d, a, 1, y.device()))).sum(1));
+  for (int a = 0; a < 3; ++a) cols.push_back((x * y.index_select(1, shifted_columns(d, a, 1, y))).sum(1));
   return at::stack(cols, 1);
 }
 
 // [n]: sum_t x_t (Laplacian y)_t, with x of degree d and y of degree >= d + 2.
 at::Tensor contract_laplacian(const at::Tensor& x, const at::Tensor& y, int d) {
-  at::Tensor lap = y.index_select(1, shifted_columns(d, 0, 2, y.device()));
-  for (int a = 1; a < 3; ++a) lap = lap + y.index_select(1, shifted_columns(d, a, 2, y.device()));
+  at::Tensor lap = y.index_select(1, shifted_columns(d, 0, 2, y));
+  for (int a = 1; a < 3; ++a) lap = lap + y.index_select(1, shifted_columns(d, a, 2, y));
   return (x * lap).sum(1);
 }
 
@@ -83,7 +84,7 @@ at::Tensor opt(const c10::optional<at::Tensor>& t, const at::Tensor& like) {
   return t.has_value() ? *t : at::empty({0}, like.options());
 }
 c10::optional<at::Tensor> opt(const at::Tensor& t) {
-  return (t.defined() && t.numel() > 0) ? c10::optional<at::Tensor>(t) : c10::nullopt;
+  return is_present(t) ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
 class FieldFunction : public torch::autograd::Function<FieldFunction> {
@@ -97,7 +98,7 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["deg"] = deg;
     ctx->saved_data["self"] = self;
-    if (pos.requires_grad() || (box.numel() > 0 && box.requires_grad())) {
+    if (pos.requires_grad() || (is_present(box) && box.requires_grad())) {
       // Forces will be asked for: one degree more costs little in the same pass and spares
       // the first-order backward a pass over the pairs (F1 below).
       at::Tensor F1 = call_field(pos, c, opt(w), opt(box), ep, ei, cutoff, beta, deg + 1, self);
@@ -113,13 +114,13 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
     const double cutoff = ctx->saved_data["cutoff"].toDouble(), beta = ctx->saved_data["beta"].toDouble();
     const int dout = (int)ctx->saved_data["deg"].toInt();
     const bool self = ctx->saved_data["self"].toBool();
-    const int din = degree_of_columns(c.size(1), "coeffs");
+    const int din = degree_of_columns(static_size(c, 1), "coeffs");
     const at::Tensor G = grads[0];
     variable_list out(10);
     if (!G.defined()) return out;
     const bool need_pos = ctx->needs_input_grad(0), need_c = ctx->needs_input_grad(1);
-    const bool need_w = w.numel() > 0 && ctx->needs_input_grad(2);
-    const bool need_box = box.numel() > 0 && ctx->needs_input_grad(3);
+    const bool need_w = is_present(w) && ctx->needs_input_grad(2);
+    const bool need_box = is_present(box) && ctx->needs_input_grad(3);
     // G' = parity * G: the grad as source coefficients (a receiver seen from the other end).
     const at::Tensor Gp = G * parity(dout, G);
     const at::Tensor pc = parity(din, c);
@@ -135,7 +136,7 @@ class FieldFunction : public torch::autograd::Function<FieldFunction> {
         if (saved) F1 = ctx->saved_data["F1"].toTensor();
         double lambda = 0.0;
         bool proportional = false;
-        if (saved && din == dout) {
+        if (saved && din == dout && !is_traced(G)) {  // reads values: eager only
           const at::Tensor ref = pc * c;
           const double norm2 = (ref * ref).sum().item<double>();
           if (norm2 > 0) {
@@ -204,7 +205,7 @@ class SpreadFunction : public torch::autograd::Function<SpreadFunction> {
     auto s = ctx->get_saved_variables();
     const at::Tensor &u = s[0], &e = s[1];
     const int64_t order = ctx->saved_data["order"].toInt();
-    const int deg = degree_of_columns(e.size(1), "coeffs");
+    const int deg = degree_of_columns(static_size(e, 1), "coeffs");
     variable_list out(4);
     const at::Tensor& gQ = grads[0];
     if (!gQ.defined()) return out;
@@ -234,7 +235,10 @@ class GatherFunction : public torch::autograd::Function<GatherFunction> {
     variable_list out(4);
     const at::Tensor& g = grads[0];
     if (!g.defined()) return out;
-    if (ctx->needs_input_grad(1)) out[1] = call_spread(u, g, grid.sizes(), order);
+    if (ctx->needs_input_grad(1)) {
+      const std::vector<int64_t> size = {static_size(grid, 0), static_size(grid, 1), static_size(grid, 2)};
+      out[1] = call_spread(u, g, size, order);
+    }
     if (ctx->needs_input_grad(0)) out[0] = contract_shift(g, call_gather(u, grid, deg + 1, order), deg);
     return out;
   }

@@ -17,6 +17,7 @@
 
 #include "multipole_math.h"
 #include "ops.h"
+#include "trace_safe.h"
 
 namespace mlpolar {
 namespace {
@@ -35,7 +36,7 @@ at::Tensor call_embedding(const at::Tensor& rp, const at::Tensor& sp, const at::
 }
 
 // Column indices of t + e_a for every packed t of degree <= d.
-at::Tensor shift_columns(int d, int axis, const at::Device& device) {
+at::Tensor shift_columns(int d, int axis, const at::Tensor& like) {
   std::vector<int64_t> idx;
   for (int dt = 0; dt <= d; ++dt)
     for (int t1 = dt; t1 >= 0; --t1)
@@ -44,7 +45,7 @@ at::Tensor shift_columns(int d, int axis, const at::Device& device) {
         t[axis] += 1;
         idx.push_back(cidx(t[0], t[1], t[2]));
       }
-  return at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(device);
+  return small_constant(idx, like.options().dtype(at::kLong), is_traced(like));
 }
 
 // (-1)^{|t|} for every packed t of degree <= d.
@@ -52,13 +53,13 @@ at::Tensor signs(int d, const at::Tensor& like) {
   std::vector<double> s;
   for (int dt = 0; dt <= d; ++dt)
     for (int k = 0; k < (dt + 1) * (dt + 2) / 2; ++k) s.push_back(dt % 2 ? -1.0 : 1.0);
-  return at::tensor(s, at::TensorOptions().dtype(at::kDouble)).to(like.options());
+  return small_constant(s, like.options(), is_traced(like));
 }
 
 // [n, 3]: sum_t x_t y_{t + e_a}, x of degree d, y of degree >= d + 1.
 at::Tensor shift_contract(const at::Tensor& x, const at::Tensor& y, int d) {
   std::vector<at::Tensor> cols;
-  for (int a = 0; a < 3; ++a) cols.push_back((x * y.index_select(1, shift_columns(d, a, y.device()))).sum(1));
+  for (int a = 0; a < 3; ++a) cols.push_back((x * y.index_select(1, shift_columns(d, a, y))).sum(1));
   return at::stack(cols, 1);
 }
 
@@ -66,14 +67,14 @@ at::Tensor as_tensor(const c10::optional<at::Tensor>& t, const at::Tensor& like)
   return t.has_value() ? *t : at::empty({0}, like.options());
 }
 c10::optional<at::Tensor> as_optional(const at::Tensor& t) {
-  return (t.defined() && t.numel() > 0) ? c10::optional<at::Tensor>(t) : c10::nullopt;
+  return is_present(t) ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
 // The charge embedding on the CPU (MM charges as sources, no source widths, plain field) has
 // a fused first backward (embedding_charge_backward_cpu): one pass instead of a degree + 1
 // forward and the transposed pass.
 bool fused_backward_applies(const at::Tensor& rp, const at::Tensor& c, const at::Tensor& sw, int64_t wd, int64_t deg) {
-  return rp.device().is_cpu() && c.size(1) == 1 && sw.numel() == 0 && wd == 0 && deg <= 3;
+  return rp.device().is_cpu() && !is_traced(rp) && static_size(c, 1) == 1 && !is_present(sw) && wd == 0 && deg <= 3;
 }
 
 class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
@@ -108,15 +109,15 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     const int dout = (int)ctx->saved_data["deg"].toInt();
     const int64_t wd = ctx->saved_data["wd"].toInt();
     const int64_t wd_swapped = wd == 0 ? 0 : 3 - wd;  // receivers and sources trade places
-    const int din = degree_of_columns(c.size(1), "coeffs");
+    const int din = degree_of_columns(static_size(c, 1), "coeffs");
     variable_list out(13);
     const at::Tensor G = grads[0];
     if (!G.defined()) return out;
-    const bool need_rw = rw.numel() > 0 && ctx->needs_input_grad(3), need_sw = sw.numel() > 0 && ctx->needs_input_grad(4);
+    const bool need_rw = is_present(rw) && ctx->needs_input_grad(3), need_sw = is_present(sw) && ctx->needs_input_grad(4);
     TORCH_CHECK(wd == 0 || !(need_rw || need_sw),
                 "mm_features/embedding_field: second derivatives with respect to the Gaussian widths are not "
                 "implemented; detach the widths where a second width derivative would be taken");
-    TORCH_CHECK(!(box.numel() > 0 && ctx->needs_input_grad(5)),
+    TORCH_CHECK(!(is_present(box) && ctx->needs_input_grad(5)),
                 "mm_features/embedding_field: gradients with respect to the box are not implemented; pass a box "
                 "that does not require grad (box.detach())");
     const bool need_rp = ctx->needs_input_grad(0), need_sp = ctx->needs_input_grad(1), need_c = ctx->needs_input_grad(2);

@@ -31,15 +31,16 @@ BackwardResult call_backward(const at::Tensor& g, const at::Tensor& q, const at:
 }
 
 // Per-fragment sum of an [n, 2] tensor (in its own dtype; callers pass double).
-at::Tensor segment_sum(const at::Tensor& x, const at::Tensor& frag, int64_t F) {
-  return at::zeros({F, 2}, x.options()).index_add(0, frag, x);
+// F is a SymInt: under torch.compile with dynamic shapes the fragment count may be symbolic.
+at::Tensor segment_sum(const at::Tensor& x, const at::Tensor& frag, const c10::SymInt& F) {
+  return at::zeros_symint({F, 2}, x.options()).index_add(0, frag, x);
 }
 
 // Softmax of the logits over each fragment, in double; the shift by the fragment's largest
 // logit (detached: the softmax does not depend on it) keeps exp finite.
-at::Tensor segment_softmax(const at::Tensor& l, const at::Tensor& frag, int64_t F) {
-  const at::Tensor index = frag.unsqueeze(1).expand({l.size(0), 2});
-  const at::Tensor top = at::full({F, 2}, -std::numeric_limits<double>::infinity(), l.options())
+at::Tensor segment_softmax(const at::Tensor& l, const at::Tensor& frag, const c10::SymInt& F) {
+  const at::Tensor index = frag.unsqueeze(1).expand({-1, 2});
+  const at::Tensor top = at::full_symint({F, 2}, -std::numeric_limits<double>::infinity(), l.options())
                              .scatter_reduce(0, index, l.detach(), "amax", /*include_self=*/true);
   const at::Tensor e = at::exp(l - top.index_select(0, frag));
   return e / segment_sum(e, frag, F).index_select(0, frag);
@@ -66,7 +67,7 @@ class FukuiBackwardFunction : public torch::autograd::Function<FukuiBackwardFunc
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = ctx->get_saved_variables();
     const at::Tensor &g0 = s[0], &q0 = s[1], &l0 = s[2], &t0 = s[3], &frag = s[4];
-    const int64_t F = t0.size(0);
+    const c10::SymInt F = t0.sym_size(0);
     const at::Tensor g = g0.to(at::kDouble), q = q0.to(at::kDouble), l = l0.to(at::kDouble), t = t0.to(at::kDouble);
     const at::Tensor A = or_zeros(grads[0], g), B = or_zeros(grads[1], g), C = or_zeros(grads[2], t);
     auto at_atoms = [&](const at::Tensor& per_fragment) { return per_fragment.index_select(0, frag); };

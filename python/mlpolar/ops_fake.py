@@ -53,7 +53,7 @@ def _fukui_backward(grad_out, charges, logits, targets, fragments):
 
 
 def _embedding(recv_positions, src_positions, coeffs, recv_widths, src_widths, box, exclusions, cutoff,
-               switch_width, beta, deg_out):
+               switch_width, beta, deg_out, width_derivative=0):
     return recv_positions.new_empty(recv_positions.shape[0], _ncart(deg_out))
 
 

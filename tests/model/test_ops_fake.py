@@ -1,11 +1,10 @@
 """Fake kernels of the mlpolar operators (ops_fake.py) against the real kernels, by torch.library.opcheck.
 
 test_faketensor runs each operator on real and on fake tensors and compares shapes, dtypes and
-strides; test_schema checks the schema's mutation/aliasing claims. test_aot_dispatch_dynamic traces
-forward and backward with symbolic shapes: it passes for the Fukui operator; the C++ autograd of
-multipole_field and embedding_field still reads sizes and builds index constants inside their
-backward (csrc/autograd.cpp, csrc/embedding_autograd.cpp), which FakeTensor tracing cannot run —
-recorded below as strict expected failures, so the day they pass the markers must go.
+strides; test_schema checks the schema's mutation/aliasing claims; test_autograd_registration that
+an operator taking tensors that require grad has an autograd kernel; test_aot_dispatch_dynamic traces
+forward and backward with symbolic shapes through AOTAutograd and compares them with eager (the C++
+autograd keeps itself traceable: csrc/trace_safe.h).
 """
 import pytest
 import torch
@@ -52,7 +51,9 @@ def _cases():
                                         torch.randn(N, 2, generator=g, dtype=D), torch.randn(2, 2, generator=g, dtype=D),
                                         frag)],
         "embedding_field": [(pos, mm, torch.randn(11, 1, generator=g, dtype=D), w, None, None,
-                             torch.zeros(0, 2, dtype=torch.long), 1.2, 0.1, 0.0, 2)],
+                             torch.zeros(0, 2, dtype=torch.long), 1.2, 0.1, 0.0, 2),
+                            (pos, mm, torch.randn(11, 1, generator=g, dtype=D), w, None, _box(),
+                             torch.tensor([[0, 3]]), 0.9, 0.1, 3.0, 3)],
     }
 
 
@@ -71,19 +72,30 @@ def test_fake_kernel_matches_real(name):
         opcheck(op, args, test_utils=CORE)
 
 
-def _with_grad(name):
-    args = list(_cases()[name][0])
-    for k in {"fukui_equilibrate": (0, 1), "multipole_field": (0, 1), "embedding_field": (0, 1)}[name]:
+# floating arguments that the model differentiates through, per operator and case
+GRAD_ARGS = {
+    "multipole_field": [(0, 1, 2), (0, 1)],         # positions, coefficients (and widths, open case)
+    "multipole_field2": [()],                        # not differentiable (first-order backward only)
+    "multipole_virial": [()],                        # its backward raises (no second box derivative)
+    "pme_spread": [(0, 1)],
+    "pme_gather": [(0, 1)],
+    "fukui_equilibrate": [(0, 1, 2)],
+    "fukui_equilibrate_backward": [(0, 1, 2, 3)],
+    "embedding_field": [(0, 1, 2, 3), (0, 1, 2)],    # ML and MM positions, MM charges, ML widths
+}
+
+
+def _with_grad(name, case):
+    args = list(_cases()[name][case])
+    for k in GRAD_ARGS[name][case]:
         args[k] = args[k].clone().requires_grad_(True)
     return tuple(args)
 
 
-def test_fukui_traces_forward_and_backward():
-    opcheck(torch.ops.mlpolar.fukui_equilibrate.default, _with_grad("fukui_equilibrate"))
-
-
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="C++ autograd reads numel() of symbolic tensors / builds index constants in backward")
-@pytest.mark.parametrize("name", ["multipole_field", "embedding_field"])
-def test_cpp_autograd_traces_with_symbolic_shapes(name):
-    opcheck(getattr(torch.ops.mlpolar, name).default, _with_grad(name), test_utils=("test_aot_dispatch_dynamic",))
+@pytest.mark.parametrize("name", sorted(ops_fake.FAKES))
+def test_opcheck_with_autograd_and_symbolic_shapes(name):
+    """Every opcheck test, test_aot_dispatch_dynamic included: forward and the C++ backward traced by
+    AOTAutograd with symbolic sizes (csrc/trace_safe.h) and compared with eager."""
+    op = getattr(torch.ops.mlpolar, name).default
+    for case in range(len(_cases()[name])):
+        opcheck(op, _with_grad(name, case))
