@@ -1,7 +1,7 @@
 """Forward + backward (energy and forces on ML and MM atoms) per step of MLPolar, both variants, and of
 mace-torch's PolarMACE with random weights at a comparable size.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=python python benchmarks/model.py [--device cpu|cuda] [--repeats 5] [--out DIR]
+    OMP_NUM_THREADS=1 PYTHONPATH=python python benchmarks/model.py [--device cpu|cuda] [--repeats 5] [--compile] [--out DIR]
 
 ML regions: the n ∈ {20, 50, 200} atoms of TIP3P water (data/labels/pxylene_water.h5, tiled) nearest its
 centre; MM: 0 or 25,000 further atoms of the same tiled water box (open boundaries, 1.2 nm embedding
@@ -175,6 +175,8 @@ def main():
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--no-polarmace", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time both variants under torch.compile (inductor), next to eager")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = parser.parse_args()
     dtype, device = getattr(torch, a.dtype), a.device
@@ -182,6 +184,10 @@ def main():
     rows = []
     models = {v: MLPolar(MLPolarConfig(elements=[1, 8], variant=v, channels=a.channels)).to(dtype=dtype, device=device)
               for v in ("equivariant", "fast")}
+    if a.compile:
+        # inductor, dynamic shapes: one compilation per variant and per MM/no-MM path, reused across sizes
+        # (the warm-up call of each size pays any recompilation; it is not timed)
+        models.update({f"{v}-compiled": torch.compile(models[v], dynamic=True) for v in ("equivariant", "fast")})
     for n in a.sizes:
         for m in a.mm:
             args = system(n, m, dtype, device)
