@@ -297,9 +297,8 @@ def test_float32_runs_and_agrees():
 
 
 def test_torch_compile_runs():
-    """torch.compile traces the model (dynamo, eager backend). Inductor: tests/model/test_compile.py
-    (fast variant, open boundaries); the equivariant variant's core and embedding autograd do not
-    trace through FakeTensors yet (tests/model/test_ops_fake.py)."""
+    """torch.compile traces the model (dynamo, eager backend). AOTAutograd and inductor, every
+    configuration: tests/model/test_compile.py."""
     model = small("fast")
     species, pos = WATER
     compiled = torch.compile(model, backend="eager")
