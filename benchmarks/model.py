@@ -177,6 +177,9 @@ def main():
     parser.add_argument("--no-polarmace", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="also time both variants under torch.compile (inductor), next to eager")
+    parser.add_argument("--capture", action="store_true",
+                        help="with --compile: let dynamo trace data-dependent shapes (the pair lists' nonzero), "
+                             "so the fast variant without MM or box is one graph (plus the eager checks)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = parser.parse_args()
     dtype, device = getattr(torch, a.dtype), a.device
@@ -184,6 +187,8 @@ def main():
     rows = []
     models = {v: MLPolar(MLPolarConfig(elements=[1, 8], variant=v, channels=a.channels)).to(dtype=dtype, device=device)
               for v in ("equivariant", "fast")}
+    if a.compile and a.capture:
+        torch._dynamo.config.capture_dynamic_output_shape_ops = True
     if a.compile:
         # inductor, dynamic shapes: one compilation per variant and per MM/no-MM path, reused across sizes
         # (the warm-up call of each size pays any recompilation; it is not timed)
