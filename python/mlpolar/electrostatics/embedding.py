@@ -15,7 +15,7 @@ PME for the reciprocal part, exclusion corrections and the neutralising backgrou
 function here compiles with torch.jit.script.
 """
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -72,6 +72,8 @@ def mm_features(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], m
             grid_size = [int(g) for g in grid]
     V = torch.ops.mlpolar.embedding_field(ml_positions, mm_positions, coeffs, ml_widths, None, box, excl,
                                           float(cutoff), 0.0 if ewald else float(switch_width), beta, int(max_order))
+    if not ewald:
+        return _features_of_packed(V, max_order)
     T0, T1, T2, T3 = unpack_derivatives(V, max_order)
     if box is not None and ewald:
         recip = torch.linalg.inv(box)
@@ -105,6 +107,82 @@ def mm_features(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], m
     if T3 is not None:
         T3 = k * traceless3(T3)
     return MMFeatures(T0, T1, T2, T3)
+
+
+def _features_of_packed(V: torch.Tensor, max_order: int) -> MMFeatures:
+    """Real-space features from the packed derivatives V [n, ncart(max_order)]: the unpacking, the
+    trace removal and the Coulomb constant are one linear map, applied as one matmul (one autograd
+    node instead of a dozen small ones on the per-step path)."""
+    F = V @ _feature_projection(max_order, V.dtype, V.device)
+    n = V.shape[0]
+    T1: Optional[torch.Tensor] = None
+    T2: Optional[torch.Tensor] = None
+    T3: Optional[torch.Tensor] = None
+    if max_order >= 1:
+        T1 = F[:, 1:4]
+    if max_order >= 2:
+        T2 = F[:, 4:13].reshape(n, 3, 3)
+    if max_order >= 3:
+        T3 = F[:, 13:40].reshape(n, 3, 3, 3)
+    return MMFeatures(F[:, 0], T1, T2, T3)
+
+
+def _feature_projection(max_order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if torch.jit.is_scripting():
+        return _build_feature_projection(max_order, dtype, device)
+    return _cached_feature_projection(max_order, dtype, device)
+
+
+_PROJECTIONS: Dict[Tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+@torch.jit.unused
+def _cached_feature_projection(max_order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (max_order, dtype, device)
+    P = _PROJECTIONS.get(key)
+    if P is None:
+        with torch.inference_mode(False):  # a normal tensor even if first asked for in inference mode
+            P = _build_feature_projection(max_order, dtype, device)
+        _PROJECTIONS[key] = P
+    return P
+
+
+def _build_feature_projection(max_order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """P [ncart(max_order), 1 + 3 + 9 + 27 (up to max_order)] with V @ P = k (T0, T1, traceless T2,
+    traceless T3) flattened row-major: T2_ab - delta_ab tr/3 and T3_abc - (delta_ab v_c + delta_ac v_b
+    + delta_bc v_a)/5, v_c = sum_e T3_eec (traceless2, traceless3)."""
+    k = _coulomb()
+    rows = [1, 4, 10, 20][max_order]
+    cols = [1, 4, 13, 40][max_order]
+    P: List[float] = [0.0] * (rows * cols)
+    P[0] = k
+    if max_order >= 1:
+        for a in range(3):
+            P[(1 + a) * cols + 1 + a] = k
+    if max_order >= 2:
+        idx2 = [4, 5, 6, 5, 7, 8, 6, 8, 9]
+        for a in range(3):
+            for b in range(3):
+                col = 4 + 3 * a + b
+                P[idx2[3 * a + b] * cols + col] += k
+                if a == b:
+                    for e in range(3):
+                        P[idx2[4 * e] * cols + col] -= k / 3.0
+    if max_order >= 3:
+        idx3 = _index3()
+        for a in range(3):
+            for b in range(3):
+                for c in range(3):
+                    col = 13 + 9 * a + 3 * b + c
+                    P[idx3[9 * a + 3 * b + c] * cols + col] += k
+                    for e in range(3):  # the three trace terms v_c, v_b, v_a
+                        if a == b:
+                            P[idx3[9 * e + 3 * e + c] * cols + col] -= k / 5.0
+                        if a == c:
+                            P[idx3[9 * e + 3 * e + b] * cols + col] -= k / 5.0
+                        if b == c:
+                            P[idx3[9 * e + 3 * e + a] * cols + col] -= k / 5.0
+    return torch.tensor(P, dtype=dtype, device=device).reshape(rows, cols)
 
 
 def _coulomb() -> float:
