@@ -107,27 +107,36 @@ Prefilter prefilter_loop(const at::Tensor& compact_t, const at::Tensor& wide_t, 
         if (x * x + y * y + z * z < lim2 || (extra && extra[k])) kept.push_back((int)k);
       }
     } else {
-      // One pass: the image about the centre (whole lattice vectors off the original position, as
-      // imaged_about_cpu) decides the test and is written for the kept rows; the others are never
-      // read by the kernel (exclusion partners are imaged per pair).
+      // One vectorised pass: every row moved to its image about the centre (whole lattice vectors
+      // off the original position, as imaged_about_cpu; the kernel reads the kept rows, and the
+      // exclusion partners it images per pair), and the test on that image; then the compaction.
       const double* b = h->data();
-      const double i0 = 1.0 / b[0], i4 = 1.0 / b[4], i8 = 1.0 / b[8];
-      out.wide_imaged = wt.clone();
-      T* dst = out.wide_imaged.data_ptr<T>();
+      const double i0 = 1.0 / b[0], i4 = 1.0 / b[4], i8 = 1.0 / b[8], c0 = centre[0], c1 = centre[1], c2 = centre[2];
+      out.wide_imaged = at::empty_like(wt);
+      T* __restrict dst = out.wide_imaged.data_ptr<T>();
+      const T* __restrict src = w;
+      std::vector<unsigned char> inside(nw);
+      unsigned char* __restrict in = inside.data();
+#pragma omp simd
       for (int64_t k = 0; k < nw; ++k) {
-        const double x = w[3 * k] - centre[0], y = w[3 * k + 1] - centre[1], z = w[3 * k + 2] - centre[2];
+        const double x = src[3 * k] - c0, y = src[3 * k + 1] - c1, z = src[3 * k + 2] - c2;
         const double sc = std::nearbyint(z * i8);
         const double sb = std::nearbyint((y - sc * b[7]) * i4);
         const double sa = std::nearbyint((x - sc * b[6] - sb * b[3]) * i0);
         const double dx = sa * b[0] + sb * b[3] + sc * b[6], dy = sb * b[4] + sc * b[7], dz = sc * b[8];
         const double ix = x - dx, iy = y - dy, iz = z - dz;
-        if (ix * ix + iy * iy + iz * iz < lim2 || (extra && extra[k])) {
-          kept.push_back((int)k);
-          dst[3 * k] = w[3 * k] - (T)dx;
-          dst[3 * k + 1] = w[3 * k + 1] - (T)dy;
-          dst[3 * k + 2] = w[3 * k + 2] - (T)dz;
-        }
+        dst[3 * k] = src[3 * k] - (T)dx;
+        dst[3 * k + 1] = src[3 * k + 1] - (T)dy;
+        dst[3 * k + 2] = src[3 * k + 2] - (T)dz;
+        in[k] = ix * ix + iy * iy + iz * iz < lim2;
       }
+      kept.resize(nw);
+      int nk = 0;
+      for (int64_t k = 0; k < nw; ++k) {
+        kept[nk] = (int)k;
+        nk += in[k] | (extra ? (unsigned char)extra[k] : (unsigned char)0);
+      }
+      kept.resize(nk);
     }
     out.centre = at::tensor(std::vector<double>(centre, centre + 3), at::TensorOptions().dtype(at::kDouble)).view({1, 3});
     out.imaged = h.has_value();
@@ -449,14 +458,18 @@ void partner_radial(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, S
   T* Bn[L + 1];
   for (int n = 0; n <= L; ++n) Bn[n] = P.b(n);
   {
-    T* __restrict b0 = Bn[0];
+    T* __restrict B = P.B.data();
+    const int cap = P.cap;
 #pragma omp simd
-    for (int p = 0; p < mp; ++p) b0[p] = std::sqrt(T(1) / r2[p]);
-    for (int n = 1; n <= L; ++n) {
-      T* __restrict bn = Bn[n];
-      const T* __restrict bm = Bn[n - 1];
-#pragma omp simd
-      for (int p = 0; p < mp; ++p) bn[p] = T(2 * n - 1) * bm[p] / r2[p];
+    for (int p = 0; p < mp; ++p) {  // radial_point
+      const T ir2 = T(1) / r2[p];
+      T b = std::sqrt(ir2);
+      B[p] = b;
+      MLP_UNROLL
+      for (int n = 1; n <= L; ++n) {
+        b = T(2 * n - 1) * b * ir2;
+        B[n * cap + p] = b;
+      }
     }
   }
   // partners that are not bare points: where embedding_radial would take erf (a r < x_point),

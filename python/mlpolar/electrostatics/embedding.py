@@ -247,6 +247,12 @@ def _ewald_parameters(box: torch.Tensor, cutoff: float, tolerance: float, order:
     return alpha, grid
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in t. One reduction per call (a NaN or inf anywhere makes the sum non-finite);
+    the elementwise test only when the sum is not finite, which finite values reach only by overflow."""
+    return math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all())
+
+
 def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_positions: torch.Tensor,
            mm_charges: torch.Tensor, box: Optional[torch.Tensor], cutoff: float, max_order: int, switch_width: float,
            exclusions: Optional[torch.Tensor], tolerance: float, pme_order: int) -> None:
@@ -265,9 +271,9 @@ def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_pos
             raise ValueError("mm_positions and mm_charges must have the dtype of ml_positions; convert them")
         if t.device != ml_positions.device:
             raise ValueError("mm_positions and mm_charges must be on the device of ml_positions; move them")
-    if not bool(torch.isfinite(ml_positions).all()) or not bool(torch.isfinite(mm_positions).all()):
+    if not _all_finite(ml_positions) or not _all_finite(mm_positions):
         raise ValueError("ml_positions or mm_positions contain NaN or infinite values")
-    if not bool(torch.isfinite(mm_charges).all()):
+    if not _all_finite(mm_charges):
         raise ValueError("mm_charges contain NaN or infinite values")
     if ml_widths is not None:
         if ml_widths.dim() != 1 or ml_widths.shape[0] != n:
