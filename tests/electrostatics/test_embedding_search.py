@@ -3,6 +3,7 @@ per-site partner lists, vectorised Hermite tensors and fused backward) against t
 brute force of test_embedding: triclinic boxes with the ML region at the cell edge and straddling
 the boundary, MM atoms exactly at the cutoff, sparse environments (coarse cells), exclusions, float32,
 and one thread against two."""
+import itertools
 import math
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 from mlpolar.electrostatics import mm_features
 from mlpolar.electrostatics.embedding import traceless2, traceless3
 
-from test_embedding import brute_features, brute_potential
+from mlpolar.units import ONE_4PI_EPS0
+from test_embedding import _switch, brute_features
 
 F64 = torch.float64
 TRICLINIC = torch.tensor([[4.0, 0.0, 0.0], [1.3, 3.8, 0.0], [-1.1, 1.2, 3.9]], dtype=F64)
@@ -35,15 +37,36 @@ def _environment(n_ml, n_mm, box, centre, seed, spread=0.5):
     return ml, widths, mm, q
 
 
+def _pairs(ml, mm, box, reach):
+    """(i, j, image shift) of every ML-MM pair over the 27 images closer than `reach`, found without
+    gradients, so that the brute force below differentiates only those (fourth derivatives stay cheap)."""
+    shifts = torch.zeros(1, 3, dtype=F64) if box is None else \
+        torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=F64) @ box
+    with torch.no_grad():
+        d = ml[:, None, None, :] - mm[None, :, None, :] - shifts[None, None, :, :]
+        i, j, k = torch.nonzero(d.norm(dim=-1) < reach, as_tuple=True)
+    return i, j, shifts[k]
+
+
+def _brute_pair_potential(x, s, y, c, pairs, cutoff, switch, excluded):
+    i, j, shift = pairs
+    keep = torch.tensor([(a, b) not in set(excluded) for a, b in zip(i.tolist(), j.tolist())], dtype=torch.bool)
+    i, j, shift = i[keep], j[keep], shift[keep]
+    r = (x[i] - y[j] - shift).norm(dim=-1)
+    k = torch.erf(r / (math.sqrt(2) * s[i])) / r * _switch(r, cutoff, switch) * c[j]
+    return ONE_4PI_EPS0 * torch.zeros(x.shape[0], dtype=x.dtype).index_add(0, i, k)
+
+
 def _energy_and_forces(ml, widths, mm, q, box, cutoff, switch, excluded, weights, fast):
-    """A model-like energy from all four orders and its gradients (ML, MM, charges, widths)."""
+    """A model-like energy from all four orders and its gradients (ML, MM, charges, widths): from
+    mm_features (fast) or by nested autograd of an explicit sum over the pairs and images (not fast)."""
     x, y, c, s = (t.clone().requires_grad_(True) for t in (ml, mm, q, widths))
     if fast:
         excl = torch.tensor(excluded) if excluded else None
         T = mm_features(x, s, y, c, box=box, cutoff=cutoff, switch_width=switch, exclusions=excl, long_range=False)
         feats = (T.T0, T.T1, T.T2, T.T3)
     else:
-        phi = brute_potential(x, s, y, c, box, cutoff, switch, excluded)
+        phi = _brute_pair_potential(x, s, y, c, _pairs(ml, mm, box, cutoff + 0.05), cutoff, switch, excluded)
         g = torch.autograd.grad(phi.sum(), x, create_graph=True)[0]
         h = torch.stack([torch.autograd.grad(g[:, a].sum(), x, create_graph=True)[0] for a in range(3)], 1)
         t = torch.stack([torch.stack([torch.autograd.grad(h[:, a, b].sum(), x, create_graph=True)[0]
@@ -113,20 +136,22 @@ def test_mm_atoms_exactly_at_the_cutoff(switch, one_thread):
 
 
 def test_sparse_wide_environment_open_boundaries(one_thread):
-    """Few MM atoms spread over a wide open region (the cells coarsen) plus a dense shell around
-    the ML sites: features and gradients against the brute force."""
+    """ML sites far apart in open space, each in its own cluster of MM atoms, with sparse atoms
+    between: the kept region is wide and nearly empty, so the cells coarsen (at most ~2 per atom).
+    Features and gradients against the brute force."""
     gen = torch.Generator().manual_seed(21)
-    far = (torch.rand(300, 3, generator=gen, dtype=F64) - 0.5) * 60.0
-    shell = (torch.rand(400, 3, generator=gen, dtype=F64) - 0.5) * 3.0
-    mm = torch.cat([far, shell])
+    ml = (torch.rand(4, 3, generator=gen, dtype=F64) - 0.5) * 20.0
+    clusters = (ml[:, None, :] + (torch.rand(4, 120, 3, generator=gen, dtype=F64) - 0.5) * 3.0).reshape(-1, 3)
+    far = (torch.rand(300, 3, generator=gen, dtype=F64) - 0.5) * 30.0
+    mm = torch.cat([far, clusters])
     q = torch.randn(mm.shape[0], generator=gen, dtype=F64) * 0.4
-    ml = (torch.rand(4, 3, generator=gen, dtype=F64) - 0.5) * 0.8
     widths = torch.tensor([0.05, 0.02, 0.08, 0.04], dtype=F64)
     weights = [torch.randn(4, *([3] * k), dtype=F64) for k in range(4)]
     got = _energy_and_forces(ml, widths, mm, q, None, 1.0, 0.1, [], weights, fast=True)
     ref = _energy_and_forces(ml, widths, mm, q, None, 1.0, 0.1, [], weights, fast=False)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-7)
+    assert (got[2].abs().sum(1) > 0).sum() > 50  # the clusters do interact
 
 
 def test_float32_and_threads_agree():
