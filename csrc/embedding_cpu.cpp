@@ -11,7 +11,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -450,6 +452,81 @@ void find_partners(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, Si
   P.m = m;
 }
 
+// The switch applied to the radial functions Bn[n][p] of the listed partners sw[0..nsw):
+// D^n (S K) = sum_k C(n,k) D^k S D^(n-k) K (as in embedding_radial), LANES partners at a time.
+template <int L, typename T>
+void switch_partners(const EmbeddingArgs<T>& a, T* const* Bn, const T* r2, const int* sw, int nsw) {
+  using V = Lanes<T>;
+  for (int b = 0; b < nsw; b += LANES) {
+    const int nl = std::min(LANES, nsw - b);
+    V rr, BK[L + 1], BS[L + 1];
+    for (int l = 0; l < LANES; ++l) {
+      const int p = sw[b + std::min(l, nl - 1)];
+      rr.v[l] = r2[p];
+      for (int n = 0; n <= L; ++n) BK[n].v[l] = Bn[n][p];
+    }
+    for (int l = 0; l < LANES; ++l) rr.v[l] = std::sqrt(rr.v[l]);
+    switch_radial_lanes<L>(rr, a.cutoff, a.switch_width, BS);
+    V B[L + 1];
+    MLP_UNROLL
+    for (int n = 0; n <= L; ++n) {
+      V acc(T(0));
+      T binom = 1;
+      MLP_UNROLL
+      for (int k = 0; k <= n; ++k) {
+        acc += V(binom) * BS[k] * BK[n - k];
+        binom = binom * T(n - k) / T(k + 1);
+      }
+      B[n] = acc;
+    }
+    for (int l = 0; l < nl; ++l)
+      for (int n = 0; n <= L; ++n) Bn[n][sw[b + l]] = B[n].v[l];
+  }
+}
+
+// exp(x) for x <= 0 without libm so that loops vectorise (as point_ewald_cpu.cpp's exp_neg):
+// x = k ln2 + f, |f| <= ln2/2, exp(f) by its Taylor series (relative error ~2e-16 in double,
+// ~1e-7 in float), 2^k assembled in the exponent bits; valid for x >= -700 (double), -85 (float).
+inline double exp_neg(double x) {
+  constexpr double log2e = 1.4426950408889634, ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
+  constexpr double shift = 6755399441055744.0;  // 1.5 * 2^52
+  const double t = x * log2e + shift;
+  const double k = t - shift;
+  const double f = (x - k * ln2_hi) - k * ln2_lo;
+  double p = 1.0 / 479001600.0;
+  p = p * f + 1.0 / 39916800.0;
+  p = p * f + 1.0 / 3628800.0;
+  p = p * f + 1.0 / 362880.0;
+  p = p * f + 1.0 / 40320.0;
+  p = p * f + 1.0 / 5040.0;
+  p = p * f + 1.0 / 720.0;
+  p = p * f + 1.0 / 120.0;
+  p = p * f + 1.0 / 24.0;
+  p = p * f + 1.0 / 6.0;
+  p = p * f + 0.5;
+  p = p * f + 1.0;
+  p = p * f + 1.0;
+  const uint64_t bits = std::bit_cast<uint64_t>(t);
+  return p * std::bit_cast<double>((bits + 1023u) << 52);
+}
+
+inline float exp_neg(float x) {
+  constexpr float log2e = 1.44269504f, ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
+  constexpr float shift = 12582912.0f;  // 1.5 * 2^23
+  const float t = x * log2e + shift;
+  const float k = t - shift;
+  const float f = (x - k * ln2_hi) - k * ln2_lo;
+  float p = 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const uint32_t bits = std::bit_cast<uint32_t>(t);
+  return p * std::bit_cast<float>((bits + 127u) << 23);
+}
+
 // Step 3: B_0..B_L of every partner of site i (widths of receiver i only).
 template <int L, typename T>
 void partner_radial(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, SitePartners<T>& P) {
@@ -489,34 +566,7 @@ void partner_radial(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, S
       sw[nsw++] = p;
     }
   }
-  // bare points in the switch's range: D^n (S K) = sum_k C(n,k) D^k S D^(n-k) K (as in
-  // embedding_radial), LANES partners at a time
-  using V = Lanes<T>;
-  for (int b = 0; b < nsw; b += LANES) {
-    const int nl = std::min(LANES, nsw - b);
-    V rr, BK[L + 1], BS[L + 1];
-    for (int l = 0; l < LANES; ++l) {
-      const int p = sw[b + std::min(l, nl - 1)];
-      rr.v[l] = r2[p];
-      for (int n = 0; n <= L; ++n) BK[n].v[l] = Bn[n][p];
-    }
-    for (int l = 0; l < LANES; ++l) rr.v[l] = std::sqrt(rr.v[l]);
-    switch_radial_lanes<L>(rr, a.cutoff, a.switch_width, BS);
-    V B[L + 1];
-    MLP_UNROLL
-    for (int n = 0; n <= L; ++n) {
-      V acc(T(0));
-      T binom = 1;
-      MLP_UNROLL
-      for (int k = 0; k <= n; ++k) {
-        acc += V(binom) * BS[k] * BK[n - k];
-        binom = binom * T(n - k) / T(k + 1);
-      }
-      B[n] = acc;
-    }
-    for (int l = 0; l < nl; ++l)
-      for (int n = 0; n <= L; ++n) Bn[n][sw[b + l]] = B[n].v[l];
-  }
+  switch_partners<L>(a, Bn, r2, sw, nsw);
 }
 
 // Forward of site i: acc[t] = sum_p q_p R_t(x_p), |t| <= DOUT.
@@ -584,15 +634,39 @@ __attribute__((noinline)) void site_backward(SitePartners<T>& P, const T* Gi, T*
 // dL/ds_i of site i: sum_p q_p sum_t G_t R'_t, R' the Hermite tensor of the width derivative of
 // the pair kernel (Gaussian-type radial functions; the switch's Leibniz sum in embedding_radial).
 template <int DOUT, typename T>
-T site_width_gradient(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, SitePartners<T>& P, const T* Gi) {
+T site_width_gradient(const EmbeddingArgs<T>& a, int i, SitePartners<T>& P, const T* Gi) {
   constexpr int NOUT = ncart(DOUT);
   if (!a.recv_widths || a.recv_widths[i] <= T(0)) return T(0);
-  EmbeddingArgs<T> aw = a;
-  aw.width_derivative = 1;
-  for (int p = 0; p < P.m; ++p) {
-    T B[DOUT + 1];
-    embedding_radial(aw, i, c.src[P.slot[p]], P.r2[p], DOUT, B);
-    for (int n = 0; n <= DOUT; ++n) P.b(n)[p] = B[n];
+  // radial_width_derivative with the receiver's width only (a^2 = 1/(2 sigma^2)):
+  // B_n = C_n exp(-a^2 r^2), C_0 = -(4/sqrt(pi)) sigma a^3, C_n = 2a^2 C_(n-1); zero where the
+  // scalar exponential is negligible or underflows
+  const T sig = a.recv_widths[i], a2 = T(1) / (T(2) * sig * sig);
+  constexpr T XMAX = sizeof(T) == 8 ? T(700) : T(85);
+  T C[DOUT + 1];
+  C[0] = -T(2) * Const<T>::two_over_sqrt_pi * sig * a2 * std::sqrt(a2);
+  for (int n = 1; n <= DOUT; ++n) C[n] = C[n - 1] * T(2) * a2;
+  const int mp = (P.m + LANES - 1) / LANES * LANES;
+  const T* __restrict r2 = P.r2.data();
+  T* __restrict B = P.B.data();
+  const int cap = P.cap;
+#pragma omp simd
+  for (int p = 0; p < mp; ++p) {
+    const T x2 = std::min(a2 * r2[p], XMAX);
+    const T g = a2 * r2[p] < XMAX ? exp_neg(-x2) : T(0);
+    MLP_UNROLL
+    for (int n = 0; n <= DOUT; ++n) B[n * cap + p] = g > T(0) ? C[n] * g : T(0);  // (C may overflow for tiny widths)
+  }
+  if (a.beta <= T(0) && a.switch_width > T(0)) {  // the switch: S dK/d(sigma), the same Leibniz sum
+    const T on2 = a.switch_on * a.switch_on;
+    int* sw = P.switched.data();
+    int nsw = 0;
+    for (int p = 0; p < P.m; ++p) {
+      sw[nsw] = p;
+      nsw += r2[p] > on2;
+    }
+    T* Bn[DOUT + 1];
+    for (int n = 0; n <= DOUT; ++n) Bn[n] = P.b(n);
+    switch_partners<DOUT>(a, Bn, r2, sw, nsw);
   }
   using V = Lanes<T>;
   V acc(T(0));
@@ -682,7 +756,7 @@ void charge_backward(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_src,
         dst[2] -= o[2 * P.cap + p];
         dst[3] += o[3 * P.cap + p];
       }
-      if (g_w) g_w[i] += site_width_gradient<DOUT>(a, c, i, P, Gi);
+      if (g_w) g_w[i] += site_width_gradient<DOUT>(a, i, P, Gi);
     }
   }
   for (int t = 0; t < nthreads; ++t) {
