@@ -9,6 +9,9 @@ terms) and a small untrained MLPolar (mlpolar.model) when it can run the configu
 
     PYTHONPATH=python python benchmarks/mlmm_step.py --steps 5 --out benchmarks/results/mlmm_step_cpu.csv
 
+Electrostatic embedding runs the model's ML-MM long range at the NonbondedForce's
+ewaldErrorTolerance (MLPolarForce's default); --embedding-tolerance sets another value.
+
 Writes one CSV row per (system, method, model) as it goes; rows already in the CSV are skipped, so
 an interrupted run resumes. Timings: wall-clock ms per VerletIntegrator step (0.5 fs) after one
 warm-up step, CPU platform (CUDA platform and ns/day when a GPU is present).
@@ -30,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 from mlpolar.models.fixed_charge import FixedChargeModel  # noqa: E402
 from mlpolar.openmm import create_mixed_system  # noqa: E402
+from mlpolar.openmm.force import accepts_mm_tolerance  # noqa: E402
 
 FIELDS = ["system", "atoms", "ml_atoms", "method", "model", "platform", "threads", "ms_per_step", "cpu_ms_per_step",
-          "ns_per_day", "note"]
+          "ns_per_day", "embedding_tolerance", "note"]
 
 
 def load_system(name):
@@ -88,6 +92,8 @@ def main():
     p.add_argument("--out", default="benchmarks/results/mlmm_step_cpu.csv")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and OpenMM CPU threads (1 makes the CPU-time column robust on a shared machine)")
+    p.add_argument("--embedding-tolerance", type=float, default=None,
+                   help="accuracy of the ML-MM long range (default: the NonbondedForce's ewaldErrorTolerance)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,20 +125,26 @@ def main():
                 if (name, method, mname) in done:
                     continue
                 note = ""
+                tolerance = "-"
                 try:
                     if kind is None:
                         system = t.system
                     elif kind == "mechanical":
                         system = MLPotential("mlpolar", model=models[mname]).createMixedSystem(t.topology, t.system, ml)
                     else:
-                        system = create_mixed_system(t.topology, t.system, ml, models[mname])
+                        settable = accepts_mm_tolerance(models[mname])   # else: the model's own setting
+                        system = create_mixed_system(t.topology, t.system, ml, models[mname],
+                                                     embedding_tolerance=args.embedding_tolerance if settable else None)
+                        if settable:
+                            nb = next(f for f in t.system.getForces() if isinstance(f, openmm.NonbondedForce))
+                            tolerance = f"{args.embedding_tolerance or nb.getEwaldErrorTolerance():g}"
                     ms, cpu_ms, nsday = time_steps(system, t.positions, args.steps, platform, args.threads)
                 except Exception as e:   # record what could not run, keep going
                     ms = cpu_ms = nsday = float("nan")
                     note = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
                 row = dict(system=name, atoms=n, ml_atoms=len(ml), method=method, model=mname, platform=platform,
                            threads=torch.get_num_threads(), ms_per_step=f"{ms:.1f}", cpu_ms_per_step=f"{cpu_ms:.1f}", ns_per_day=f"{nsday:.4f}",
-                           note=note)
+                           embedding_tolerance=tolerance, note=note)
                 writer.writerow(row)
                 f.flush()
                 print(row, flush=True)
