@@ -10,7 +10,8 @@ terms) and a small untrained MLPolar (mlpolar.model) when it can run the configu
     PYTHONPATH=python python benchmarks/mlmm_step.py --steps 5 --out benchmarks/results/mlmm_step_cpu.csv
 
 Electrostatic embedding runs the model's ML-MM long range at the NonbondedForce's
-ewaldErrorTolerance (MLPolarForce's default); --embedding-tolerance sets another value.
+ewaldErrorTolerance (MLPolarForce's default; openmmtools builds these systems at 1e-5, OpenMM's
+ForceField.createSystem would use 5e-4: --ewald-tolerance); --embedding-tolerance sets another value.
 
 Writes one CSV row per (system, method, model) as it goes; rows already in the CSV are skipped, so
 an interrupted run resumes. Timings: wall-clock ms per VerletIntegrator step (0.5 fs) after one
@@ -39,18 +40,21 @@ FIELDS = ["system", "atoms", "ml_atoms", "method", "model", "platform", "threads
           "ns_per_day", "embedding_tolerance", "note"]
 
 
-def load_system(name):
+def load_system(name, ewald_tolerance=None):
+    """(openmmtools test system, ML atom indices); ewald_tolerance: the NonbondedForce's
+    ewaldErrorTolerance (None: openmmtools' default, 1e-5)."""
     from openmmtools import testsystems as ts
+    kw = {} if ewald_tolerance is None else dict(ewaldErrorTolerance=ewald_tolerance)
     if name == "alanine_dipeptide_water":
-        t = ts.AlanineDipeptideExplicit(constraints=None)
+        t = ts.AlanineDipeptideExplicit(constraints=None, **kw)
         ml = [a.index for a in t.topology.atoms() if a.residue.name != "HOH"]
     elif name == "cb7_b2_water":
-        t = ts.HostGuestExplicit(constraints=None)
+        t = ts.HostGuestExplicit(constraints=None, **kw)
         residues = list(t.topology.residues())
         guest = residues[1]        # residue 0 is the CB7 host, 1 the B2 guest
         ml = [a.index for a in guest.atoms()]
     elif name == "dhfr_jac":
-        t = ts.DHFRExplicit(constraints=None)
+        t = ts.DHFRExplicit(constraints=None, **kw)
         x = np.asarray(t.positions.value_in_unit(u.nanometer))
         protein = [a.index for a in t.topology.atoms() if a.residue.name not in ("HOH", "WAT", "NA", "CL")]
         centre = x[protein].mean(0)
@@ -92,6 +96,9 @@ def main():
     p.add_argument("--out", default="benchmarks/results/mlmm_step_cpu.csv")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and OpenMM CPU threads (1 makes the CPU-time column robust on a shared machine)")
+    p.add_argument("--ewald-tolerance", type=float, default=None,
+                   help="the systems' NonbondedForce ewaldErrorTolerance (default: openmmtools' 1e-5; OpenMM's "
+                        "ForceField.createSystem uses 5e-4)")
     p.add_argument("--embedding-tolerance", type=float, default=None,
                    help="accuracy of the ML-MM long range (default: the NonbondedForce's ewaldErrorTolerance)")
     args = p.parse_args()
@@ -111,7 +118,7 @@ def main():
         if new:
             writer.writeheader()
         for name in args.systems:
-            t, ml = load_system(name)
+            t, ml = load_system(name, args.ewald_tolerance)
             n = t.system.getNumParticles()
             models = {"fixed-charge": FixedChargeModel.from_system(t.system, ml, topology=t.topology)}
             try:
