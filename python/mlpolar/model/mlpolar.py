@@ -142,7 +142,9 @@ class MLPolar(nn.Module):
                 multiplicity: torch.Tensor, fragments: Optional[torch.Tensor] = None,
                 mm_positions: Optional[torch.Tensor] = None, mm_charges: Optional[torch.Tensor] = None,
                 box: Optional[torch.Tensor] = None, external_field: Optional[torch.Tensor] = None,
-                head: Optional[str] = None) -> Dict[str, torch.Tensor]:
+                head: Optional[str] = None, mm_tolerance: Optional[float] = None) -> Dict[str, torch.Tensor]:
+        # mm_tolerance: Ewald accuracy of the ML-MM long range (None: mm_features' default); the
+        # OpenMM layer passes the force field's ewaldErrorTolerance. ML-ML terms keep config.tolerance.
         if torch.jit.is_scripting():
             index, frag = self._validate(species, positions, total_charge, multiplicity, fragments, mm_positions,
                                          mm_charges, box, external_field)
@@ -179,7 +181,7 @@ class MLPolar(nn.Module):
         T2 = positions.new_zeros(n, 3, 3)
         T3: Optional[torch.Tensor] = None
         if mm_positions is not None and mm_charges is not None:
-            T0, T1, T2, T3 = self.mm(positions, widths, mm_positions, mm_charges, box)
+            T0, T1, T2, T3 = self.mm(positions, widths, mm_positions, mm_charges, box, mm_tolerance)
         ext_grad = positions.new_zeros(3)
         if external_field is not None:
             ext_grad = -external_field.to(dtype)   # uniform field E = −∇φ_ext
