@@ -18,7 +18,9 @@ Methods, side by side on the same configurations:
                               library call, for scale only
 
 Every case runs in a fresh subprocess so that its peak RSS (ru_maxrss, MB above the state
-after setup) belongs to it. Timing: one warm-up call, then --repeats calls; median reported.
+after setup) belongs to it. CPU mlpolar rows (not Ewald) also split the CPU time: op_fwd_ms (the
+compiled forward alone), fwd_ms (mm_features' forward with its Python glue, graph recorded) and
+bwd_ms (the backward: fused operator backward and autograd glue). Timing: one warm-up call, then --repeats calls; median reported.
 'load' is the 1-minute load average when the case ran: on the shared 2-core machine the
 wall-clock times of rows with load >> 2 are inflated accordingly (cpu_s is the process CPU time
 per call, less sensitive to other jobs).
