@@ -18,7 +18,9 @@ Methods, side by side on the same configurations:
                               library call, for scale only
 
 Every case runs in a fresh subprocess so that its peak RSS (ru_maxrss, MB above the state
-after setup) belongs to it. Timing: one warm-up call, then --repeats calls; median reported.
+after setup) belongs to it. CPU mlpolar rows (not Ewald) also split the CPU time: op_fwd_ms (the
+compiled forward alone), fwd_ms (mm_features' forward with its Python glue, graph recorded) and
+bwd_ms (the backward: fused operator backward and autograd glue). Timing: one warm-up call, then --repeats calls; median reported.
 'load' is the 1-minute load average when the case ran: on the shared 2-core machine the
 wall-clock times of rows with load >> 2 are inflated accordingly (cpu_s is the process CPU time
 per call, less sensitive to other jobs).
@@ -99,6 +101,43 @@ def run_mlipops(ml, w, mm, q, box, cutoff):
     return float(E.detach()), gx, gy
 
 
+def split_times(ml, w, mm, q, box, cutoff, repeats) -> dict:
+    """Where the time of the mlpolar call goes (CPU ms, median): the compiled forward operator alone
+    (search + pair kernel at degree 3), mm_features' forward with its Python glue (recording the
+    graph), and the backward (fused operator backward + autograd glue) as the remainder."""
+    import torch
+    from mlpolar.electrostatics import mm_features
+    excl = torch.zeros((0, 2), dtype=torch.long)
+
+    def op():
+        with torch.no_grad():
+            torch.ops.mlpolar.embedding_field(ml, mm, q[:, None], w, None, box, excl, cutoff, 0.1, 0.0, 3)
+
+    def fwd():
+        x, y = ml.clone().requires_grad_(True), mm.clone().requires_grad_(True)
+        return x, y, mm_features(x, w, y, q, box=box, cutoff=cutoff, switch_width=0.1, long_range=False)
+
+    def cpu_ms(fn):
+        fn()
+        t = []
+        for _ in range(repeats):
+            c0 = time.process_time()
+            fn()
+            t.append(time.process_time() - c0)
+        return 1e3 * statistics.median(t)
+
+    def bwd_only():
+        x, y, T = fwd()
+        E = T.T0.sum() + T.T1.sum() + T.T2.sum() + T.T3.sum()
+        c0 = time.process_time()
+        torch.autograd.grad(E, (x, y))
+        return time.process_time() - c0
+
+    bwd_only()
+    return dict(op_fwd_ms=cpu_ms(op), fwd_ms=cpu_ms(fwd),
+                bwd_ms=1e3 * statistics.median([bwd_only() for _ in range(repeats)]))
+
+
 def one_case(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
@@ -126,11 +165,14 @@ def one_case(args) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024.0
+    split = {}
+    if args.method.startswith("mlpolar") and "ewald" not in args.method and device.type == "cpu":
+        split = split_times(ml, w, mm, q, box, args.cutoff, args.repeats)
     return dict(method=args.method, n_ml=args.n_ml, n_mm=args.n_mm, cutoff=args.cutoff, device=args.device,
                 threads=args.threads, median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times),
                 cpu_ms=1e3 * statistics.median(cpu), peak_mb=peak,
                 cuda_peak_mb=torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else "",
-                load=os.getloadavg()[0])
+                load=os.getloadavg()[0], **split)
 
 
 def main():
@@ -178,7 +220,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = ["method", "n_ml", "n_mm", "cutoff", "device", "threads", "median_ms", "min_ms", "cpu_ms", "peak_mb",
-            "cuda_peak_mb", "load"]
+            "cuda_peak_mb", "load", "op_fwd_ms", "fwd_ms", "bwd_ms"]
     with open(out, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=keys)
         wr.writeheader()

@@ -1,10 +1,13 @@
 // CPU embedding kernel: OpenMP over the receivers that the prefilter kept; each gathers from
-// the selected sources (no atomics, no per-thread copies, no per-pair storage).
+// the selected sources (no atomics, no per-thread copies, no per-pair storage). The charge
+// embedding (MM charges as sources: mm_features' forward and fused backward) takes the fast path
+// of embedding_charges_cpu.h where its conditions hold.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "embedding_args.h"
+#include "embedding_charges_cpu.h"
 #include "ops.h"
 #include "realspace_args.h"
 
@@ -100,27 +103,36 @@ Prefilter prefilter_loop(const at::Tensor& compact_t, const at::Tensor& wide_t, 
         if (x * x + y * y + z * z < lim2 || (extra && extra[k])) kept.push_back((int)k);
       }
     } else {
-      // One pass: the image about the centre (whole lattice vectors off the original position, as
-      // imaged_about_cpu) decides the test and is written for the kept rows; the others are never
-      // read by the kernel (exclusion partners are imaged per pair).
+      // One vectorised pass: every row moved to its image about the centre (whole lattice vectors
+      // off the original position, as imaged_about_cpu; the kernel reads the kept rows, and the
+      // exclusion partners it images per pair), and the test on that image; then the compaction.
       const double* b = h->data();
-      const double i0 = 1.0 / b[0], i4 = 1.0 / b[4], i8 = 1.0 / b[8];
-      out.wide_imaged = wt.clone();
-      T* dst = out.wide_imaged.data_ptr<T>();
+      const double i0 = 1.0 / b[0], i4 = 1.0 / b[4], i8 = 1.0 / b[8], c0 = centre[0], c1 = centre[1], c2 = centre[2];
+      out.wide_imaged = at::empty_like(wt);
+      T* __restrict dst = out.wide_imaged.data_ptr<T>();
+      const T* __restrict src = w;
+      std::vector<unsigned char> inside(nw);
+      unsigned char* __restrict in = inside.data();
+#pragma omp simd
       for (int64_t k = 0; k < nw; ++k) {
-        const double x = w[3 * k] - centre[0], y = w[3 * k + 1] - centre[1], z = w[3 * k + 2] - centre[2];
+        const double x = src[3 * k] - c0, y = src[3 * k + 1] - c1, z = src[3 * k + 2] - c2;
         const double sc = std::nearbyint(z * i8);
         const double sb = std::nearbyint((y - sc * b[7]) * i4);
         const double sa = std::nearbyint((x - sc * b[6] - sb * b[3]) * i0);
         const double dx = sa * b[0] + sb * b[3] + sc * b[6], dy = sb * b[4] + sc * b[7], dz = sc * b[8];
         const double ix = x - dx, iy = y - dy, iz = z - dz;
-        if (ix * ix + iy * iy + iz * iz < lim2 || (extra && extra[k])) {
-          kept.push_back((int)k);
-          dst[3 * k] = w[3 * k] - (T)dx;
-          dst[3 * k + 1] = w[3 * k + 1] - (T)dy;
-          dst[3 * k + 2] = w[3 * k + 2] - (T)dz;
-        }
+        dst[3 * k] = src[3 * k] - (T)dx;
+        dst[3 * k + 1] = src[3 * k + 1] - (T)dy;
+        dst[3 * k + 2] = src[3 * k + 2] - (T)dz;
+        in[k] = ix * ix + iy * iy + iz * iz < lim2;
       }
+      kept.resize(nw);
+      int nk = 0;
+      for (int64_t k = 0; k < nw; ++k) {
+        kept[nk] = (int)k;
+        nk += in[k] | (extra ? (unsigned char)extra[k] : (unsigned char)0);
+      }
+      kept.resize(nk);
     }
     out.centre = at::tensor(std::vector<double>(centre, centre + 3), at::TensorOptions().dtype(at::kDouble)).view({1, 3});
     out.imaged = h.has_value();
@@ -255,6 +267,9 @@ void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_
     gw[i] += a.coeffs[j] * acc;
   };
   const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
+  if (embedding_charges::fast_path_applies(a)) {
+    embedding_charges::backward<DOUT>(a, G, g_recv, g_src, g_q, g_w);
+  } else {
 #pragma omp parallel if (parallel)
   {
     std::vector<T> gr(3 * (size_t)nr, T(0)), gw(g_w ? nr : 0, T(0));
@@ -283,6 +298,7 @@ void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_
       if (g_w)
         for (int k = 0; k < nr; ++k) g_w[k] += gw[k];
     }
+  }
   }
   // Ewald: the reciprocal part's erf(beta r)/r of excluded pairs taken out (no width in it)
   if (a.beta > T(0)) {
@@ -348,6 +364,7 @@ at::Tensor embedding_field_cpu(const at::Tensor& recv_pos, const at::Tensor& src
   AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_field_cpu", [&] {
     auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, coeffs, recv_widths, src_widths, box, exclusions,
                                               cutoff, switch_width, beta, (int)deg_out, (int)width_derivative);
+    if (embedding_charges::forward(in.args, out.data_ptr<scalar_t>())) return;
     if (!embedding_fixed(in.args, out.data_ptr<scalar_t>()))
       dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
   });

@@ -2,10 +2,13 @@
 
 Spreading and gathering run in the compiled operators on grid coordinates u = K * (fractional
 coordinates); the frame change, the FFTs and the influence function are torch operations, so
-the gradient with respect to the box (the virial) follows from autograd.
+the gradient with respect to the box (the virial) follows from autograd. Eager calls keep the
+influence function of the last few (box, grid, alpha, order, dtype, device) in a small LRU cache:
+it costs as much as the FFTs and changes only with the box.
 """
 import math
-from typing import List
+from collections import OrderedDict
+from typing import Callable, Dict, Hashable, List
 
 import torch
 
@@ -16,8 +19,8 @@ from .multipoles import from_frame, to_frame
 def bspline_moduli(K: int, order: int, dtype: torch.dtype, device: torch.device, rfft: bool = False) -> torch.Tensor:
     """|b(m)|^2 of smooth PME (Essmann et al. 1995) for m = 0..K-1 (or 0..K//2 when rfft).
 
-    Recomputed on each call (K x order work, negligible next to the FFTs); written without
-    recursion or caches so that TorchScript compiles it for the exported model.
+    Written without recursion or caches so that TorchScript compiles it for the exported model;
+    eager callers get it cached through influence_function.
     """
     w = _bspline_at_integers(order)[None, :]
     m = torch.arange(K, dtype=torch.float64)
@@ -49,8 +52,18 @@ def _bspline_at_integers(order: int) -> torch.Tensor:
 def influence_function(box: torch.Tensor, grid: List[int], alpha: float, order: int) -> torch.Tensor:
     """G(m) exp(-pi^2 m^2 / alpha^2) / (pi V m^2) / |b(m)|^2 times the grid size, in rfft layout.
 
-    Differentiable with respect to the box.
+    Differentiable with respect to the box. Eager calls reuse earlier results (pme_cache_info): the
+    whole G while the box does not require grad and its values are unchanged, otherwise only the
+    box-independent B-spline moduli. TorchScript and torch.compile always compute it.
     """
+    if torch.jit.is_scripting():
+        return _influence(box, grid, alpha, moduli_product(grid, order, box.dtype, box.device))
+    else:
+        return _cached_influence(box, grid, alpha, order)
+
+
+def _influence(box: torch.Tensor, grid: List[int], alpha: float, moduli: torch.Tensor) -> torch.Tensor:
+    """influence_function from the product of the three axes' B-spline moduli [K1, K2, K3/2+1]."""
     K1, K2, K3 = grid
     dtype, device = box.dtype, box.device
     recip = torch.linalg.inv(box)  # columns: reciprocal vectors a*, b*, c* (no 2 pi)
@@ -62,13 +75,84 @@ def influence_function(box: torch.Tensor, grid: List[int], alpha: float, order: 
     k2 = (kvec * kvec).sum(-1)
     k2 = torch.where(k2 == 0, torch.ones_like(k2), k2)
     volume = torch.det(box)
-    b = (bspline_moduli(K1, order, dtype, device)[:, None, None]
-         * bspline_moduli(K2, order, dtype, device)[None, :, None]
-         * bspline_moduli(K3, order, dtype, device, rfft=True)[None, None, :])
-    G = torch.exp(-(math.pi ** 2) * k2 / alpha ** 2) / (math.pi * volume * k2 * b) * float(K1 * K2 * K3)
+    G = torch.exp(-(math.pi ** 2) * k2 / alpha ** 2) / (math.pi * volume * k2 * moduli) * float(K1 * K2 * K3)
     G = G.clone()
     G[0, 0, 0] = 0.0
     return G
+
+
+class _LRU:
+    """A small least-recently-used cache with hit/miss counters (for the tests)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items: "OrderedDict[Hashable, torch.Tensor]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        value = self.items.get(key)
+        if value is not None:
+            self.hits += 1
+            self.items.move_to_end(key)
+            return value
+        self.misses += 1
+        value = make()
+        self.items[key] = value
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+# Per process. Moduli: a few KB each. Influence functions: K1 K2 (K3/2+1) values, 7 MB for a 120^3
+# float64 grid; four entries cover the ML-ML, ML-MM and an MM-sized grid of one simulation, and
+# a barostat's new box replaces the oldest entry instead of growing the cache.
+_MODULI = _LRU(16)
+_INFLUENCE = _LRU(4)
+
+
+def pme_cache_info() -> Dict[str, int]:
+    """Hits, misses and sizes of the influence-function and B-spline-moduli caches."""
+    return {"influence_hits": _INFLUENCE.hits, "influence_misses": _INFLUENCE.misses,
+            "influence_size": len(_INFLUENCE.items), "moduli_hits": _MODULI.hits,
+            "moduli_misses": _MODULI.misses, "moduli_size": len(_MODULI.items)}
+
+
+def clear_pme_cache() -> None:
+    """Empty both caches and reset their counters."""
+    for c in (_INFLUENCE, _MODULI):
+        c.items.clear()
+        c.hits = 0
+        c.misses = 0
+
+
+def moduli_product(grid: List[int], order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """|b1(m1)|^2 |b2(m2)|^2 |b3(m3)|^2 [K1, K2, K3/2+1] (rfft layout): the box-independent factor."""
+    K1, K2, K3 = grid
+    return (bspline_moduli(K1, order, dtype, device)[:, None, None]
+            * bspline_moduli(K2, order, dtype, device)[None, :, None]
+            * bspline_moduli(K3, order, dtype, device, rfft=True)[None, None, :])
+
+
+def _moduli_product(grid: List[int], order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (grid[0], grid[1], grid[2], order, dtype, str(device))
+    return _MODULI.get(key, lambda: moduli_product(grid, order, dtype, device))
+
+
+def _cached_influence(box: torch.Tensor, grid: List[int], alpha: float, order: int) -> torch.Tensor:
+    grid = [int(k) for k in grid]
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        # compiling: reading the box's values would break the graph; inference mode: its tensors
+        # could not be saved for a later backward, so nothing made there may be reused
+        return _influence(box, grid, alpha, moduli_product(grid, order, box.dtype, box.device))
+    moduli = _moduli_product(grid, order, box.dtype, box.device)
+    if box.requires_grad:
+        # the virial needs dG/dbox: only the box-independent moduli come from the cache
+        return _influence(box, grid, alpha, moduli)
+    # the key holds the box's values, not the tensor: a barostat's new box is a new entry
+    values = tuple(box.detach().to("cpu", torch.float64).reshape(-1).tolist())
+    key = (values, tuple(grid), float(alpha), int(order), box.dtype, str(box.device))
+    return _INFLUENCE.get(key, lambda: _influence(box.detach(), grid, alpha, moduli))
 
 
 def reciprocal_field(positions: torch.Tensor, d: torch.Tensor, box: torch.Tensor, alpha: float, grid: List[int],

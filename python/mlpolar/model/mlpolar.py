@@ -23,7 +23,7 @@ from .blocks import CartesianBlock, ChargeBlock, mlp
 from .config import MLPolarConfig
 from .coulomb import DENSE_MAX, dense_geometry, potential, potential_and_gradient
 from .fukui import check_arguments as check_fukui_arguments
-from .fukui import spin_channel_targets
+from .fukui import centre_on_fragments, fragment_centring, spin_channel_targets
 from .geometry import bessel_basis, neighbour_pairs
 from .mm import MMTaylor
 from .polarisation import ChargeUpdate, EquivariantUpdate
@@ -142,7 +142,9 @@ class MLPolar(nn.Module):
                 multiplicity: torch.Tensor, fragments: Optional[torch.Tensor] = None,
                 mm_positions: Optional[torch.Tensor] = None, mm_charges: Optional[torch.Tensor] = None,
                 box: Optional[torch.Tensor] = None, external_field: Optional[torch.Tensor] = None,
-                head: Optional[str] = None) -> Dict[str, torch.Tensor]:
+                head: Optional[str] = None, mm_tolerance: Optional[float] = None) -> Dict[str, torch.Tensor]:
+        # mm_tolerance: Ewald accuracy of the ML-MM long range (None: mm_features' default); the
+        # OpenMM layer passes the force field's ewaldErrorTolerance. ML-ML terms keep config.tolerance.
         if torch.jit.is_scripting():
             index, frag = self._validate(species, positions, total_charge, multiplicity, fragments, mm_positions,
                                          mm_charges, box, external_field)
@@ -157,6 +159,8 @@ class MLPolar(nn.Module):
         ell = self.feature_length
         total_charge = total_charge.to(dtype)
         targets = spin_channel_targets(total_charge, multiplicity).to(dtype)
+        # the networks see potentials without their fragment mean (gauge, fukui.centre_on_fragments)
+        inv_count = fragment_centring(frag, targets.shape[0], dtype)
 
         widths = self.widths_of(index)
         # fast variant without a box: the ML–ML pair geometry of all five charge-field evaluations and
@@ -177,7 +181,7 @@ class MLPolar(nn.Module):
         T2 = positions.new_zeros(n, 3, 3)
         T3: Optional[torch.Tensor] = None
         if mm_positions is not None and mm_charges is not None:
-            T0, T1, T2, T3 = self.mm(positions, widths, mm_positions, mm_charges, box)
+            T0, T1, T2, T3 = self.mm(positions, widths, mm_positions, mm_charges, box, mm_tolerance)
         ext_grad = positions.new_zeros(3)
         if external_field is not None:
             ext_grad = -external_field.to(dtype)   # uniform field E = −∇φ_ext
@@ -201,7 +205,7 @@ class MLPolar(nn.Module):
                 tot_th = theta.sum(3) if theta is not None else None
                 _, V = self._ml_field(positions, q.sum(1), tot_mu, tot_th, widths, box, 2)
                 phi, grad, hess = split_derivatives(V)
-                phi = (phi + T0) * (ell / k)
+                phi = centre_on_fragments(phi + T0, frag, inv_count) * (ell / k)
                 grad = (grad + T1 + ext_grad) * (ell ** 2 / k)
                 hess = (hess + T2) * (ell ** 3 / k)
                 t3 = T3 * (ell ** 4 / k) if T3 is not None else None
@@ -220,7 +224,7 @@ class MLPolar(nn.Module):
                     phi0 = potential(W, q.sum(1))
                 else:
                     phi0 = self._ml_field(positions, q.sum(1), None, None, widths, box, 0)[1][:, 0]
-                s, out = block(s, q, (phi0 + T0) * (ell / k), i, j, basis, env)
+                s, out = block(s, q, centre_on_fragments(phi0 + T0, frag, inv_count) * (ell / k), i, j, basis, env)
                 q = self._equilibrate(out[:, 0:2], out[:, 2:4], targets, frag)
             # the MM + external part of (φ, ∇φ), added to the ML part in one operation per iteration
             outer = torch.cat([T0[:, None], T1 + ext_grad], dim=1)
@@ -230,7 +234,7 @@ class MLPolar(nn.Module):
                 else:
                     V = self._ml_field(positions, q.sum(1), None, None, widths, box, 1)[1]
                 F = (V + outer) * (ell ** 2 / k)     # dimensionless: φ ℓ/k, ∇φ ℓ²/k
-                s, dq, logits = update(s, q, F[:, 0] / ell, F[:, 1:4])
+                s, dq, logits = update(s, q, centre_on_fragments(F[:, 0], frag, inv_count) / ell, F[:, 1:4])
                 q = self._equilibrate(q + dq, logits, targets, frag)
 
         # final density: charges q, dipoles μ, quadrupoles Θ (sums of the spin channels)
@@ -256,7 +260,7 @@ class MLPolar(nn.Module):
 
         # the non-local term sees the ML and MM potentials but not the uniform external field, whose
         # energy is explicit: without polarisation iterations −∂E/∂F is then exactly the dipole
-        phi = (V[:, 0] + T0) * (ell / k)
+        phi = centre_on_fragments(V[:, 0] + T0, frag, inv_count) * (ell / k)
         grad = (V[:, 1:4] + T1) * (ell ** 2 / k)
         nl_in = torch.cat([s, q, phi[:, None], (grad * grad).sum(1, keepdim=True)], dim=1)
         e_nonlocal = self.energy_scale * self.nonlocal_energy(nl_in)[:, h].sum()

@@ -20,15 +20,20 @@ class MMTaylor(nn.Module):
         self.max_order = int(max_order)
 
     def forward(self, positions: torch.Tensor, widths: torch.Tensor, mm_positions: torch.Tensor,
-                mm_charges: torch.Tensor, box: Optional[torch.Tensor]
+                mm_charges: torch.Tensor, box: Optional[torch.Tensor], tolerance: Optional[float] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """(T0 [n], T1 [n,3], T2 [n,3,3], T3 [n,3,3,3] or None); orders above max_order are zeros/None.
-        Interaction of an ML site (q, μ, Θ) with the MM charges: q T0 + μ·T1 + ⅓ Θ:T2."""
+        Interaction of an ML site (q, μ, Θ) with the MM charges: q T0 + μ·T1 + ⅓ Θ:T2.
+        tolerance: Ewald accuracy of the long range (None: mm_features' default)."""
         n = positions.shape[0]
         # Learned widths get their gradient through the ML-MM term too (the operator's analytic
         # width derivative, docs/embedding_design.md).
-        T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
-                        self.max_order, self.switch_width, None, True)
+        if tolerance is None:
+            T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
+                            self.max_order, self.switch_width, None, True)
+        else:
+            T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
+                            self.max_order, self.switch_width, None, True, tolerance)
         T1 = positions.new_zeros(n, 3)
         T2 = positions.new_zeros(n, 3, 3)
         t1, t2 = T.T1, T.T2   # locals, so that TorchScript refines the Optionals

@@ -14,7 +14,10 @@ Backends:
 """
 from __future__ import annotations
 
+import inspect
 import io
+import math
+from numbers import Real
 from typing import Optional
 
 import numpy as np
@@ -58,8 +61,9 @@ class _ModelEvaluator:
     A top-level class so that the force pickles (XmlSerializer, copy.deepcopy of a System)."""
 
     def __init__(self, model, n_particles, ml_atoms, mm_atoms, mm_charges, species, charge, multiplicity,
-                 periodic, device, dtype):
+                 periodic, device, dtype, mm_tolerance=None):
         self.model = model
+        self.mm_tolerance = None if mm_tolerance is None else float(mm_tolerance)
         self.n_particles = int(n_particles)
         self.ml_atoms = list(ml_atoms)
         self.mm_atoms = list(mm_atoms)
@@ -87,8 +91,12 @@ class _ModelEvaluator:
         """Energy and gradients for positions [N, 3] (nm) in the model's dtype on its device."""
         ml = positions[self._ml].detach().requires_grad_(True)
         mm = positions[self._mm].detach().requires_grad_(True) if len(self.mm_atoms) else None
-        out = self.model(self._species, ml, self._total_charge, self._mult, None, mm,
-                         self._mm_q if mm is not None else None, box, None, None)
+        args = (self._species, ml, self._total_charge, self._mult, None, mm,
+                self._mm_q if mm is not None else None, box, None, None)
+        if self.mm_tolerance is not None and mm is not None:
+            out = self.model(*args, mm_tolerance=self.mm_tolerance)
+        else:
+            out = self.model(*args)
         energy = out["energy"]
         grads = torch.autograd.grad(energy, [ml] if mm is None else [ml, mm])
         return energy.detach(), grads
@@ -123,6 +131,7 @@ class _ModelEvaluator:
     def __setstate__(self, state):
         buf = io.BytesIO(state.pop("_model_bytes"))
         scripted = state.pop("_scripted")
+        state.setdefault("mm_tolerance", None)   # forces pickled before the setting existed
         self.__dict__.update(state)
         self.device = torch.device(state["device"])
         self.model = torch.jit.load(buf, map_location=self.device) if scripted else \
@@ -130,13 +139,46 @@ class _ModelEvaluator:
         self._setup()
 
 
-def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True):
+def accepts_mm_tolerance(model) -> bool:
+    """Whether the model's forward takes ``mm_tolerance`` (MLPolar does; older exports and the
+    fixed-charge model, which uses the NonbondedForce's tolerance itself, do not)."""
+    forward = getattr(model, "forward", None)
+    schema = getattr(forward, "schema", None)   # a TorchScript method
+    if schema is not None:
+        return any(a.name == "mm_tolerance" for a in schema.arguments)
+    try:
+        return "mm_tolerance" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def check_embedding_tolerance(value) -> Optional[float]:
+    """None or a float in (0, 0.5); TypeError/ValueError naming `embedding_tolerance` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"embedding_tolerance must be a number (a relative error such as 5e-4) or None for the "
+                        f"NonbondedForce's ewaldErrorTolerance, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 < value < 0.5):
+        raise ValueError(f"embedding_tolerance must be a relative error in (0, 0.5), e.g. 5e-4 (OpenMM's default "
+                         f"ewaldErrorTolerance) or 1e-5; got {value}. Leave it None to use the NonbondedForce's")
+    return value
+
+
+def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True,
+                      embedding_tolerance=None):
     """Check the inputs and build the evaluator (shared by both backends and by tests)."""
     if not isinstance(system, openmm.System):
         raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module following the mlpolar model interface, got "
                         f"{type(model).__name__}; load one with mlpolar.load_model")
+    explicit_tolerance = check_embedding_tolerance(embedding_tolerance)
+    if explicit_tolerance is not None and not accepts_mm_tolerance(model):
+        raise ValueError(f"embedding_tolerance={explicit_tolerance} was given but the model's forward takes no "
+                         f"mm_tolerance argument ({type(model).__name__}); leave embedding_tolerance=None, or use "
+                         "an MLPolar model exported by this version of mlpolar")
     n = system.getNumParticles()
     atoms = checks.ml_atom_list(ml_atoms, n)
     checks.check_no_link_bonds(atoms, system, topology)
@@ -155,6 +197,12 @@ def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topolog
             if q != 0.0:   # uncharged MM particles do not enter the embedding
                 mm_atoms.append(i)
                 mm_q.append(q)
+    # Accuracy of the ML-MM long range (the model's Ewald/PME of all MM charges): by default the
+    # force field's own ewaldErrorTolerance, the accuracy its PME gives MM-MM; the model's ML-ML
+    # terms keep their own tolerance.
+    mm_tolerance = None
+    if embed and mm_atoms and accepts_mm_tolerance(model):
+        mm_tolerance = explicit_tolerance if explicit_tolerance is not None else float(nb.getEwaldErrorTolerance())
     periodic = system.usesPeriodicBoundaryConditions()
     cutoff = getattr(model, "mm_cutoff", None)
     if periodic and cutoff is not None:
@@ -169,7 +217,8 @@ def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topolog
     if device != model_device and model_device.type != "meta":
         raise ValueError(f"device={device} differs from the model's device {model_device}; move the model with "
                          f"model.to('{device}') first (or leave device=None)")
-    return _ModelEvaluator(model, n, atoms, mm_atoms, mm_q, species, charge, multiplicity, periodic, device, dtype)
+    return _ModelEvaluator(model, n, atoms, mm_atoms, mm_q, species, charge, multiplicity, periodic, device, dtype,
+                           mm_tolerance)
 
 
 class MLPolarForce(openmm.PythonForce):
@@ -190,26 +239,37 @@ class MLPolarForce(openmm.PythonForce):
         backend: "python" (openmm.PythonForce) or "torch" (openmmtorch.TorchForce, which needs a
             compatible openmm-torch; otherwise a RuntimeError saying why). With "torch" the
             returned object is a TorchForce.
+        embedding_tolerance: relative error tolerance of the ML-MM long range (the model's PME of
+            the MM charges, passed to it as ``mm_tolerance``). None: the System's NonbondedForce
+            ewaldErrorTolerance, so that ML-MM electrostatics are as accurate as the force field's
+            MM-MM. The model's ML-ML terms keep their own tolerance.
 
     The electrostatic embedding is complete only if the System no longer counts ML-involving
     electrostatics, ML-ML Lennard-Jones and intra-ML bonded terms: use create_mixed_system.
     """
 
     def __new__(cls, model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None,
-                backend="python", embed=True):
+                backend="python", embed=True, embedding_tolerance=None):
         if backend not in ("python", "torch"):
             raise ValueError(f"backend must be 'python' or 'torch', got {backend!r}")
         if backend == "torch":
-            return _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+            return _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
+                                embedding_tolerance)
         return super().__new__(cls)
 
     def __init__(self, model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None,
-                 backend="python", embed=True):
-        evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+                 backend="python", embed=True, embedding_tolerance=None):
+        evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
+                                      embedding_tolerance)
         super().__init__(evaluator, {})
         self.setUsesPeriodicBoundaryConditions(evaluator.periodic)
         self.setName("MLPolarForce")
         self.evaluator = evaluator
+
+    def getEmbeddingTolerance(self) -> Optional[float]:
+        """The tolerance the model's ML-MM long range runs at (None: the model's own default, for
+        models without the setting or without MM charges)."""
+        return self.evaluator.mm_tolerance
 
 
 class _TorchForceModule(torch.nn.Module):
@@ -241,22 +301,44 @@ class _TorchForceModule(torch.nn.Module):
         return out["energy"]
 
 
-def torchforce_module(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True):
+class _TorchForceModuleTolerance(_TorchForceModule):
+    """The same for models that take mm_tolerance (a separate class: TorchScript compiles every
+    call it sees, and models without the argument must not see this one)."""
+
+    def __init__(self, model, evaluator: _ModelEvaluator):
+        super().__init__(model, evaluator)
+        self.mm_tolerance = float(evaluator.mm_tolerance)
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = positions.to(self.mm_q.dtype)
+        b: Optional[torch.Tensor] = None
+        if self.periodic and box is not None:
+            b = box.to(self.mm_q.dtype)
+        out = self.model(self.species, x[self.ml], self.total_charge, self.mult, None, x[self.mm], self.mm_q, b,
+                         None, None, mm_tolerance=self.mm_tolerance)
+        return out["energy"]
+
+
+def torchforce_module(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True,
+                      embedding_tolerance=None):
     """The TorchScript module that backend="torch" hands to openmmtorch.TorchForce (same checks as
     MLPolarForce); needs a TorchScript-able model."""
-    evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+    evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
+                                  embedding_tolerance)
+    wrapper = _TorchForceModule if evaluator.mm_tolerance is None else _TorchForceModuleTolerance
     try:
-        return torch.jit.script(_TorchForceModule(model, evaluator)), evaluator
+        return torch.jit.script(wrapper(model, evaluator)), evaluator
     except Exception as e:  # TorchScript reports many error types
         raise RuntimeError(f"backend='torch' needs a TorchScript-able model; scripting failed: {e}") from e
 
 
-def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed):
+def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed, embedding_tolerance):
     ok, message = torchforce_status()
     if not ok:
         raise RuntimeError("backend='torch' is not available: " + message)
     import openmmtorch
-    module, evaluator = torchforce_module(model, ml_atoms, system, charge, multiplicity, topology, device, embed)
+    module, evaluator = torchforce_module(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
+                                          embedding_tolerance)
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(evaluator.periodic)
     force.setName("MLPolarForce")

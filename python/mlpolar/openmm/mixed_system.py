@@ -36,7 +36,8 @@ LAMBDA = "lambda_interpolate"
 
 def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms, model, charge: int = 0,
                         multiplicity: int = 1, interpolate: bool = False, remove_constraints: bool = True,
-                        force_group: int = 0, device=None, backend: str = "python") -> openmm.System:
+                        force_group: int = 0, device=None, backend: str = "python",
+                        embedding_tolerance=None) -> openmm.System:
     """A new System for ML/MM with electrostatic embedding (see the module docstring).
 
     Args:
@@ -47,7 +48,8 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         interpolate: add the global parameter ``lambda_interpolate`` (0 = MM, 1 = ML/MM).
         remove_constraints: drop constraints between ML atoms (as openmm-ml does by default).
         force_group: force group of the MLPolarForce (or of the interpolating CustomCVForce).
-        device, backend: passed to MLPolarForce.
+        device, backend, embedding_tolerance: passed to MLPolarForce (embedding_tolerance None: the
+            ML-MM long range at the NonbondedForce's ewaldErrorTolerance).
     """
     if not isinstance(topology, app.Topology):
         raise TypeError(f"topology must be an openmm.app.Topology, got {type(topology).__name__}")
@@ -61,7 +63,7 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
     # All checks of the force (elements, charge/multiplicity, link bonds, cutoff vs box, device) run
     # before the System surgery.
     force = MLPolarForce(model, atoms, system, charge, multiplicity, topology=topology, device=device,
-                         backend=backend)
+                         backend=backend, embedding_tolerance=embedding_tolerance)
     force.setForceGroup(force_group)
     mlset = set(atoms)
     nb0 = checks.nonbonded_force(system, True, "")
