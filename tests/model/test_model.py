@@ -427,6 +427,24 @@ def test_mm_periodic_scripted_equals_eager():
     assert abs(float(a[0] - vac["energy"])) > 1.0
 
 
+def test_mm_ewald_cutoff_is_apart_from_the_open_cutoff():
+    """Under a box the ML–MM potential is a full Ewald sum: its real-space cutoff (mm_ewald_cutoff)
+    changes nothing beyond the tolerance, and a long open-boundary mm_cutoff (for cluster labels)
+    does not forbid a small box."""
+    species, pos = pxylene()
+    _, _, mm_all, q_all, box = pxylene_in_water()       # 3.6 nm box
+    Q, M = torch.tensor([0.0], dtype=DT), torch.tensor([1])
+    out = {}
+    for rc in (0.8, 1.2):
+        model = small(mm_cutoff=2.5, mm_ewald_cutoff=rc)
+        out[rc] = energy_and_forces(model, species, pos, Q, M, mm_positions=mm_all, mm_charges=q_all, box=box)
+    e08, e12 = float(out[0.8][0]), float(out[1.2][0])
+    assert abs(e08 - e12) < 1e-3 * max(1.0, abs(e08)), (e08, e12)
+    assert torch.allclose(out[0.8][2], out[1.2][2], atol=1e-2 * float(out[1.2][2].abs().max()))
+    with pytest.raises(ValueError, match="mm_ewald_cutoff"):
+        small(mm_cutoff=2.5, mm_ewald_cutoff=1.9)(species, pos, Q, M, mm_positions=mm_all, mm_charges=q_all, box=box)
+
+
 @pytest.mark.parametrize("variant", ["equivariant", "fast"])
 def test_smooth_across_the_mm_cutoff(variant):
     """One MM charge crossing the embedding cutoff (open boundaries, switched): energy and forces

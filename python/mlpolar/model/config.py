@@ -35,6 +35,7 @@ class MLPolarConfig:
     electrostatics_cutoff: float = 0.9        # nm, Ewald real-space cutoff under a box
     tolerance: float = 1e-5                   # Ewald/PME relative error tolerance
     mm_cutoff: float = 1.2                    # nm, MM embedding cutoff (open boundaries)
+    mm_ewald_cutoff: float = 1.0              # nm, real-space cutoff of the ML–MM Ewald sum under a box
     mm_switch_width: float = 0.1              # nm, smooth switch of the MM embedding
     feature_length: float = 0.1               # nm, makes field features dimensionless
     energy_scale: float = 1.0                 # kJ/mol per unit of the learned energy heads
@@ -50,7 +51,8 @@ class MLPolarConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.widths not in ("learned", "fixed"):
             raise ValueError(f"widths must be 'learned' or 'fixed', got {self.widths!r}")
-        for name in ("cutoff", "width", "electrostatics_cutoff", "mm_cutoff", "feature_length", "avg_neighbours"):
+        for name in ("cutoff", "width", "electrostatics_cutoff", "mm_cutoff", "mm_ewald_cutoff", "feature_length",
+                     "avg_neighbours"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("channels", "layers", "radial_basis", "contraction_channels"):

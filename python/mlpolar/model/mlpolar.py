@@ -42,6 +42,10 @@ class MLPolar(nn.Module):
         self.elements: List[int] = list(config.elements)
         self.heads: List[str] = list(config.heads)
         self.mm_cutoff: float = float(config.mm_cutoff)
+        # Under a box the ML–MM potential is a full Ewald sum, whose result does not depend on its
+        # real-space cutoff beyond the tolerance: it is chosen for speed and to fit small boxes, apart
+        # from the open-boundary mm_cutoff (which must reach every MM charge of a cluster label).
+        self.mm_ewald_cutoff: float = float(config.mm_ewald_cutoff)
         self.mm_switch_width: float = float(config.mm_switch_width)
         self.cutoff: float = float(config.cutoff)
         self.receptive_field: float = float(config.receptive_field)
@@ -106,7 +110,8 @@ class MLPolar(nn.Module):
         self.nonlocal_energy = mlp(C + 4, C, H)
         self.reference_energy = nn.Parameter(torch.zeros(H, S))
         self.electrostatics = GaussianMultipoles(cutoff=config.electrostatics_cutoff, tolerance=config.tolerance)
-        self.mm = MMTaylor(config.mm_cutoff, config.mm_switch_width, 3 if self.equivariant else 1)
+        self.mm = MMTaylor(config.mm_cutoff, config.mm_switch_width, 3 if self.equivariant else 1,
+                          config.mm_ewald_cutoff)
 
     # ------------------------------------------------------------------ helpers
     def widths_of(self, index: torch.Tensor) -> torch.Tensor:
@@ -352,10 +357,10 @@ class MLPolar(nn.Module):
             half = 0.5 * float(torch.min(torch.stack([a[0], b[1], c[2]])))
             need = max(self.cutoff, self.elec_cutoff)
             if mm_positions is not None:
-                need = max(need, self.mm_cutoff)
+                need = max(need, self.mm_ewald_cutoff)
             if need > half:
                 raise ValueError(f"the box is too small: its smallest width is {2 * half} nm but the model's "
-                                 f"cutoffs need at least {2 * need} nm (twice the largest of cutoff, electrostatics_cutoff and, with MM atoms, mm_cutoff); "
+                                 f"cutoffs need at least {2 * need} nm (twice the largest of cutoff, electrostatics_cutoff and, with MM atoms, mm_ewald_cutoff); "
                                  "use a larger box or build the model with a smaller electrostatics_cutoff")
         if external_field is not None:
             if external_field.shape != (3,) or external_field.dtype != pdtype:

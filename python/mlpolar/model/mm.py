@@ -13,9 +13,11 @@ from ..electrostatics import mm_features
 
 
 class MMTaylor(nn.Module):
-    def __init__(self, cutoff: float, switch_width: float, max_order: int):
+    def __init__(self, cutoff: float, switch_width: float, max_order: int, ewald_cutoff: Optional[float] = None):
         super().__init__()
         self.cutoff = float(cutoff)
+        # real-space cutoff under a box (Ewald: the sum is exact whatever the split)
+        self.ewald_cutoff = float(ewald_cutoff) if ewald_cutoff is not None else float(cutoff)
         self.switch_width = float(switch_width)
         self.max_order = int(max_order)
 
@@ -26,13 +28,14 @@ class MMTaylor(nn.Module):
         Interaction of an ML site (q, μ, Θ) with the MM charges: q T0 + μ·T1 + ⅓ Θ:T2.
         tolerance: Ewald accuracy of the long range (None: mm_features' default)."""
         n = positions.shape[0]
+        cutoff = self.cutoff if box is None else self.ewald_cutoff
         # Learned widths get their gradient through the ML-MM term too (the operator's analytic
         # width derivative, docs/embedding_design.md).
         if tolerance is None:
-            T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
+            T = mm_features(positions, widths, mm_positions, mm_charges, box, cutoff,
                             self.max_order, self.switch_width, None, True)
         else:
-            T = mm_features(positions, widths, mm_positions, mm_charges, box, self.cutoff,
+            T = mm_features(positions, widths, mm_positions, mm_charges, box, cutoff,
                             self.max_order, self.switch_width, None, True, tolerance)
         T1 = positions.new_zeros(n, 3)
         T2 = positions.new_zeros(n, 3, 3)

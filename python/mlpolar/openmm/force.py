@@ -204,9 +204,10 @@ def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topolog
     if embed and mm_atoms and accepts_mm_tolerance(model):
         mm_tolerance = explicit_tolerance if explicit_tolerance is not None else float(nb.getEwaldErrorTolerance())
     periodic = system.usesPeriodicBoundaryConditions()
-    cutoff = getattr(model, "mm_cutoff", None)
+    # under PBC the model's ML–MM Ewald real-space cutoff (older models: their mm_cutoff)
+    cutoff = getattr(model, "mm_ewald_cutoff", getattr(model, "mm_cutoff", None))
     if periodic and cutoff is not None:
-        checks.check_cutoff_box(float(cutoff), system)
+        checks.check_cutoff_box(float(cutoff), system, "the model's ML–MM Ewald cutoff (mm_ewald_cutoff)")
     model_device, dtype = _model_device_dtype(model)
     if device is None:
         device = model_device
