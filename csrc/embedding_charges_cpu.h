@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "embedding_impl.h"
+#include "fast_exp.h"
 
 #define MLP_ALWAYS inline __attribute__((always_inline))
 
@@ -326,48 +327,7 @@ void switch_partners(const EmbeddingArgs<T>& a, T* const* Bn, const T* r2, const
   }
 }
 
-// exp(x) for x <= 0 without libm so that loops vectorise (as point_ewald_cpu.cpp's exp_neg):
-// x = k ln2 + f, |f| <= ln2/2, exp(f) by its Taylor series (relative error ~2e-16 in double,
-// ~1e-7 in float), 2^k assembled in the exponent bits; valid for x >= -700 (double), -85 (float).
-inline double exp_neg(double x) {
-  constexpr double log2e = 1.4426950408889634, ln2_hi = 0.6931471803691238, ln2_lo = 1.9082149292705877e-10;
-  constexpr double shift = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = x * log2e + shift;
-  const double k = t - shift;
-  const double f = (x - k * ln2_hi) - k * ln2_lo;
-  double p = 1.0 / 479001600.0;
-  p = p * f + 1.0 / 39916800.0;
-  p = p * f + 1.0 / 3628800.0;
-  p = p * f + 1.0 / 362880.0;
-  p = p * f + 1.0 / 40320.0;
-  p = p * f + 1.0 / 5040.0;
-  p = p * f + 1.0 / 720.0;
-  p = p * f + 1.0 / 120.0;
-  p = p * f + 1.0 / 24.0;
-  p = p * f + 1.0 / 6.0;
-  p = p * f + 0.5;
-  p = p * f + 1.0;
-  p = p * f + 1.0;
-  const uint64_t bits = std::bit_cast<uint64_t>(t);
-  return p * std::bit_cast<double>((bits + 1023u) << 52);
-}
-
-inline float exp_neg(float x) {
-  constexpr float log2e = 1.44269504f, ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187e-06f;
-  constexpr float shift = 12582912.0f;  // 1.5 * 2^23
-  const float t = x * log2e + shift;
-  const float k = t - shift;
-  const float f = (x - k * ln2_hi) - k * ln2_lo;
-  float p = 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  const uint32_t bits = std::bit_cast<uint32_t>(t);
-  return p * std::bit_cast<float>((bits + 127u) << 23);
-}
+// exp_neg: fast_exp.h (x <= 0, vectorisable)
 
 // Step 3: B_0..B_L of every partner of site i (widths of receiver i only).
 template <int L, typename T>
