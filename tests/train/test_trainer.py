@@ -178,3 +178,25 @@ def test_interaction_loss_trains_the_coupling(make_config):
     after, _ = t.batch_loss(t.model, t.data["train"], create_graph=False)
     assert float(after) < float(before)
     assert "interaction_mae_kcal" in t.validate()
+
+
+def test_repeat_weights_a_store_in_training_only(make_config):
+    """`repeat: k` puts a store's training configurations k times into each epoch; its
+    validation and test configurations, and the split itself, stay as they were."""
+    cfg = make_config()
+    once = Trainer(cfg)
+    cfg = make_config(run="rep")
+    cfg["data"]["train"][0]["repeat"] = 3
+    rep = Trainer(cfg)
+    assert [s.get("test") for s in rep.split["stores"]] == [s.get("test") for s in once.split["stores"]]
+    assert len(rep.data["train"]) == 3 * len(once.data["train"])
+    assert len(rep.data["val"]) == len(once.data["val"]) and len(rep.data["test"]) == len(once.data["test"])
+    assert [float(c.energy) for c in rep.data["train"]] == 3 * [float(c.energy) for c in once.data["train"]]
+    for bad in (0, 1.5, True):
+        cfg["data"]["train"][0]["repeat"] = bad
+        with pytest.raises(ValueError, match="repeat="):
+            Trainer(cfg)
+    cfg["data"]["train"][0]["repeat"] = 1
+    cfg["data"]["test"][0]["repeat"] = 2
+    with pytest.raises(ValueError, match=r"unknown keys \['repeat'\]"):
+        Trainer(cfg)

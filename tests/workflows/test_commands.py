@@ -32,6 +32,21 @@ def test_md_without_arguments_needs_the_shipped_model(capsys, monkeypatch, tmp_p
     assert "no shipped mlpolar model" in capsys.readouterr().err
 
 
+def test_default_names_the_only_shipped_model(monkeypatch, tmp_path):
+    import shutil
+    import mlpolar.models
+    from mlpolar.workflows.ml_region import resolve_model
+    shipped = mlpolar.models.available()
+    if not shipped:
+        pytest.skip("no model shipped")
+    shutil.copy(mlpolar.models.SHIPPED_DIR / f"{shipped[0]}.pt", tmp_path / "only.pt")
+    monkeypatch.setattr(mlpolar.models, "SHIPPED_DIR", tmp_path)
+    assert resolve_model("default").heads == resolve_model("only").heads
+    shutil.copy(tmp_path / "only.pt", tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="none named 'default'"):
+        resolve_model("default")
+
+
 def test_md_command_ml_mm_at_lambda(tmp_path, capsys):
     out = tmp_path / "md"
     rc = main(["md", *AMBER, "--ml-resname", "TMP", "--model", "fixed-charge",

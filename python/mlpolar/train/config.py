@@ -18,7 +18,7 @@ DEFAULTS = {
         "kwargs": {},           # 'elements' and 'heads' are filled in from the data if absent
     },
     "data": {
-        "train": [],            # [{path, head (optional), indices (optional: list or 'a:b')}]
+        "train": [],            # [{path, head, indices (list or 'a:b'), repeat}] (all but path optional)
         "test": [],             # separate held-out stores, same form (e.g. the pocket test set)
         "split": {"train": 0.8, "val": 0.1, "test": 0.1},   # of the 'train' stores' configs
         "split_seed": None,     # default: seed
@@ -99,9 +99,16 @@ def validate(cfg: dict) -> None:
             if not isinstance(e, dict) or "path" not in e:
                 raise ValueError(f"each data.{part} entry must be a mapping with 'path' "
                                  f"(and optional 'head', 'indices'), got {e!r}")
-            extra = set(e) - {"path", "head", "indices"}
+            allowed = {"path", "head", "indices"} | ({"repeat"} if part == "train" else set())
+            extra = set(e) - allowed
             if extra:
-                raise ValueError(f"data.{part} entry {e['path']}: unknown keys {sorted(extra)}")
+                raise ValueError(f"data.{part} entry {e['path']}: unknown keys {sorted(extra)} "
+                                 f"(allowed: {sorted(allowed)})")
+            rep = e.get("repeat", 1)
+            if isinstance(rep, bool) or not isinstance(rep, int) or rep < 1:
+                raise ValueError(f"data.train entry {e['path']}: repeat={rep!r} must be an "
+                                 "integer >= 1 (how many times its training configurations "
+                                 "appear per epoch)")
     sp = d["split"]
     if set(sp) - {"train", "val", "test"} or "train" not in sp or "val" not in sp:
         raise ValueError(f"data.split={sp}: give fractions for 'train', 'val' (and 'test')")

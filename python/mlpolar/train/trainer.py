@@ -198,7 +198,8 @@ class Trainer:
             parts = split_indices(idx, d["split"], seed)
             split["stores"].append({"path": e["path"],
                                     "head": e.get("head") or head_name(info["level"]),
-                                    "level": info["level"], "system": info["system"], **parts})
+                                    "level": info["level"], "system": info["system"],
+                                    "repeat": int(e.get("repeat", 1)), **parts})
         for e in d["test"]:
             info = store_info(e["path"])
             with LabelStore(e["path"], mode="r") as s:
@@ -214,8 +215,11 @@ class Trainer:
         for s in self.split["stores"]:
             for part in data:
                 if s.get(part):
-                    data[part] += [x.to(self.device, self.dtype)
-                                   for x in load_store(s["path"], s[part], head=s["head"])]
+                    xs = [x.to(self.device, self.dtype)
+                          for x in load_store(s["path"], s[part], head=s["head"])]
+                    # a small store of an under-represented environment (the pocket next to a
+                    # large water set) is weighted by repeating its training configurations
+                    data[part] += xs * (int(s.get("repeat", 1)) if part == "train" else 1)
         if not data["train"] or not data["val"]:
             raise ValueError(f"the split leaves {len(data['train'])} training and "
                              f"{len(data['val'])} validation configurations; both need at least "

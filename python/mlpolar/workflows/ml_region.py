@@ -7,7 +7,8 @@ The model is chosen by name:
 * ``"fixed-charge"``: the MM force field's own description of the ML region behind the model
   interface (:class:`mlpolar.models.fixed_charge.FixedChargeModel`); a mixed System with it
   reproduces the MM energy, so it is the baseline and the plumbing check of ML/MM runs;
-* ``None``: the default shipped model (the one named ``default``, or the only one shipped).
+* ``None`` or ``"default"``: the default shipped model (the one named ``default``, or the only
+  one shipped).
 
 The mixed System comes from :func:`mlpolar.openmm.create_mixed_system`; with
 ``interpolate=True`` it carries ``lambda_interpolate`` (0 = MM, 1 = ML/MM), which MD sets through
@@ -53,7 +54,7 @@ def resolve_model(model: Optional[str], system: Optional[openmm.System] = None,
         from mlpolar.models.fixed_charge import FixedChargeModel
         return FixedChargeModel.from_system(system, ml_atoms)
     from mlpolar.models import model_path
-    name = default_model_name() if model is None else model
+    name = default_model_name() if model in (None, DEFAULT_NAME) else model
     path = model_path(name)  # ValueError naming the shipped models if it is neither
     if check_only:
         return None
