@@ -43,7 +43,8 @@ def equilibrated_leg(name, out, args):
     box = np.asarray([v.value_in_unit(u.nanometer)
                       for v in pdb.topology.getPeriodicBoxVectors()])
     mixed = make_ml_system(prep.topology, prep.system, prep.ligand_indices, args.model,
-                           charge=0, multiplicity=1, interpolate=True)
+                           charge=0, multiplicity=1, interpolate=True,
+                           ml_constraints=args.ml_constraints)
     return Leg(mixed, pos, box)
 
 
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--model", default="fixed-charge",
                     help="shipped model name, model file, or fixed-charge")
     ap.add_argument("--legs", default="complex,solvent")
+    ap.add_argument("--ml-constraints", choices=("keep", "remove"), default="keep",
+                    help="constraints between ML atoms (see mlpolar md --help)")
     ap.add_argument("--mm-steps", type=int, default=25_000, help="MM NPT equilibration steps")
     ap.add_argument("--lambdas", type=int, default=6)
     ap.add_argument("--samples", type=int, default=100)

@@ -119,6 +119,25 @@ def test_fixed_charge_ml_mm_free_energy_is_zero(client, tmp_path):
     assert r["switching"]["max_work_difference_energy_vs_dudl"] < 1e-6
 
 
+def test_ml_constraints_are_kept_unless_asked():
+    """The ligand's H-bond constraints stay in the ML/MM System by default (the shipped models
+    never saw a stretched X-H bond) and go with ml_constraints="remove"."""
+    inp = load_input(prmtop=LIG / "ligand.prmtop", inpcrd=LIG / "ligand.crd")
+    ml = set(select_ml_atoms(inp.topology, resname="TMP"))
+
+    def ml_constraints(system):
+        return sorted((i, j) for i, j, _ in (system.getConstraintParameters(k)
+                                             for k in range(system.getNumConstraints()))
+                      if i in ml and j in ml)
+    mm = ml_constraints(inp.system)
+    assert len(mm) == 10  # p-xylene's C-H bonds
+    assert ml_constraints(make_ml_system(inp.topology, inp.system, sorted(ml), "fixed-charge")) == mm
+    assert ml_constraints(make_ml_system(inp.topology, inp.system, sorted(ml), "fixed-charge",
+                                         ml_constraints="remove")) == []
+    with pytest.raises(ValueError, match="ml_constraints='rigid'"):
+        make_ml_system(inp.topology, inp.system, sorted(ml), "fixed-charge", ml_constraints="rigid")
+
+
 def test_ml_mm_restart_is_bit_for_bit_on_reference(tmp_path):
     """Checkpoint/resume with the model's force in the System (fixed-charge model, λ = 1)."""
     from mlpolar.workflows.md import MDConfig, final_state, run_md

@@ -54,6 +54,9 @@ def add_input_arguments(ap: argparse.ArgumentParser, *, prepared_default: Option
     m.add_argument("--multiplicity", type=int, default=1, help="spin multiplicity 2S+1")
     m.add_argument("--model", help="shipped model name, model file, or 'fixed-charge' "
                                    "(MM charges as the model); default: the shipped model")
+    m.add_argument("--ml-constraints", choices=("keep", "remove"), default="keep",
+                   help="constraints between ML atoms (H-bond lengths): keep them (default; the "
+                        "shipped models were trained on constrained MD) or remove them")
 
 
 def parse_indices(spec: str) -> list:

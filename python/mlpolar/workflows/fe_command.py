@@ -92,7 +92,8 @@ def _run(a) -> int:
             a.system = EXAMPLE_LEGS[leg]
             inp, ml, _ = load_from_args(a, EXAMPLE_LEGS[leg])
             mixed = make_ml_system(inp.topology, inp.system, ml, a.model, a.charge,
-                                   a.multiplicity, interpolate=True)
+                                   a.multiplicity, interpolate=True,
+                                   ml_constraints=a.ml_constraints)
             legs[leg] = Leg(mixed, inp.positions, inp.box_vectors)
         if len(legs) == 2:
             difference = ("complex", "solvent")
@@ -107,7 +108,7 @@ def _run(a) -> int:
             raise UsageError("choose the ML region with --ml-resname, --ml-indices or "
                              "--ml-selection")
         mixed = make_ml_system(inp.topology, inp.system, ml, a.model, a.charge, a.multiplicity,
-                               interpolate=True)
+                               interpolate=True, ml_constraints=a.ml_constraints)
         legs = {"system": Leg(mixed, inp.positions, inp.box_vectors)}
     out = Path(a.output or f"fe-{label}")
     res = run_fe(legs, out, cfg, scheduler=a.scheduler, n_workers=a.workers,

@@ -69,7 +69,7 @@ def _run(a) -> int:
                              "--ml-selection (or run --mm-only)")
         from .ml_region import default_model_name, make_ml_system
         system = make_ml_system(inp.topology, inp.system, ml, a.model, a.charge, a.multiplicity,
-                                interpolate=a.lam is not None)
+                                interpolate=a.lam is not None, ml_constraints=a.ml_constraints)
         if a.lam is not None:
             params["lambda_interpolate"] = a.lam
         print(f"[mlpolar md] {label}: {inp.n_atoms} atoms, ML region {len(ml)} atoms, "

@@ -24,6 +24,7 @@ import openmm.app as app
 
 FIXED_CHARGE = "fixed-charge"
 DEFAULT_NAME = "default"
+ML_CONSTRAINTS = ("keep", "remove")
 
 
 def default_model_name() -> str:
@@ -64,11 +65,20 @@ def resolve_model(model: Optional[str], system: Optional[openmm.System] = None,
 
 def make_ml_system(topology: app.Topology, system: openmm.System, ml_atoms, model,
                    charge: int = 0, multiplicity: int = 1,
-                   interpolate: bool = True) -> openmm.System:
-    """ML/MM System (``create_mixed_system``) with the model given as object or name."""
+                   interpolate: bool = True, ml_constraints: str = "keep") -> openmm.System:
+    """ML/MM System (``create_mixed_system``) with the model given as object or name.
+
+    ``ml_constraints``: ``"keep"`` (default) keeps the MM System's constraints between ML atoms
+    (its H-bond lengths), ``"remove"`` drops them (openmm-ml's default). Keep them for models
+    trained on constrained MD (the shipped ones: their labels never stretch an X-H bond, so the
+    model's X-H stretch is untrained); keeping them also makes lambda = 0 the MM System exactly,
+    dynamics included."""
+    if ml_constraints not in ML_CONSTRAINTS:
+        raise ValueError(f"ml_constraints={ml_constraints!r}: use one of {ML_CONSTRAINTS}")
     ml = np.asarray(ml_atoms, dtype=np.int64)
     if isinstance(model, str) or model is None:
         model = resolve_model(model, system, ml)
     from mlpolar.openmm import create_mixed_system
     return create_mixed_system(topology, system, ml.tolist(), model, charge=int(charge),
-                               multiplicity=int(multiplicity), interpolate=interpolate)
+                               multiplicity=int(multiplicity), interpolate=interpolate,
+                               remove_constraints=ml_constraints == "remove")
