@@ -69,3 +69,31 @@ def test_hydrogen_mass_repartitioning(pxw, tmp_path):
         assert np.all(np.isfinite(f["positions"][:]))
     with pytest.raises(ValueError, match="hydrogen_mass_amu"):
         sample(pxw, path, n_frames=3, **{**kw, "hydrogen_mass_amu": None})
+
+
+def test_flexible_ligand_stretches_its_bonds(pxw, tmp_path):
+    """Without the ligand's constraints its C-H lengths vary from frame to frame (with them they
+    sit at the force field's values); the setting is recorded, must match on resume, and needs a
+    step of at most 2 fs."""
+    lig = list(pxw.ligand_indices)
+    ch = [(a.index, b.index) for a, b in pxw.topology.bonds()
+          if a.index in lig and b.index in lig and {a.element.symbol, b.element.symbol} == {"C", "H"}]
+    assert len(ch) == 10
+    kw = dict(stride=10, equilibration_steps=20, seed=5, minimize_max_iterations=20,
+              platform="CPU", threads=1)
+
+    def spread(path):
+        pos = np.stack([read_frame(path, k)[0] for k in range(n_frames(path))])
+        r = np.array([np.linalg.norm(pos[:, i] - pos[:, j], axis=1) for i, j in ch])
+        return r.std(axis=1).max()  # over frames, per bond
+    sample(pxw, tmp_path / "rigid.h5", n_frames=3, **kw)
+    sample(pxw, tmp_path / "flex.h5", n_frames=3, flexible_ligand=True, **kw)
+    assert spread(tmp_path / "rigid.h5") < 1e-5
+    assert spread(tmp_path / "flex.h5") > 1e-3
+    with h5py.File(tmp_path / "flex.h5") as f:
+        assert bool(f.attrs["flexible_ligand"])
+    with pytest.raises(ValueError, match="flexible_ligand"):
+        sample(pxw, tmp_path / "flex.h5", n_frames=4, **kw)
+    with pytest.raises(ValueError, match="timestep_ps"):
+        sample(pxw, tmp_path / "flex4.h5", n_frames=1, flexible_ligand=True, timestep_ps=0.004,
+               hydrogen_mass_amu=4.0, **kw)

@@ -10,7 +10,9 @@ Config keys (JSON or YAML; paths relative to the working directory):
 ``system_kwargs`` extra keyword arguments for it (e.g. ``{"box_edge_nm": 3.6}``)
 ``cache_dir``     prepared-system cache (default data/systems)
 ``trajectory``    HDF5 trajectory written by :func:`mlpolar.data.sampling.sample` (required)
-``sample``        optional ``{"n_frames", "stride", "seed", "equilibration_steps", "threads"}``:
+``sample``        optional keyword arguments of :func:`mlpolar.data.sampling.sample` (``n_frames``,
+                  ``stride``, ``seed``, ``equilibration_steps``, ``threads``, ``timestep_ps``,
+                  ``hydrogen_mass_amu``, ``flexible_ligand``):
                   run / resume the MD first (resumable)
 ``output``        label store path (required)
 ``indices``       frames to label: list, "start:stop[:step]", or null = all frames

@@ -30,7 +30,14 @@ def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.
                             friction_per_ps: float = 1.0, timestep_ps: float = 0.002,
                             seed: int = 0, platform: str | None = None,
                             threads: int | None = None,
-                            hydrogen_mass_amu: float | None = None) -> openmm.Context:
+                            hydrogen_mass_amu: float | None = None,
+                            flexible_ligand: bool = False) -> openmm.Context:
+    """Context for sampling ``prep``. ``flexible_ligand`` removes the constraints between ligand
+    atoms (its X-H bond lengths), so that the sampled configurations, and a model trained on
+    their labels, cover bond stretching; it needs a step of at most 2 fs."""
+    if flexible_ligand and timestep_ps > 0.002 + 1e-12:
+        raise ValueError(f"flexible_ligand with timestep_ps={timestep_ps}: unconstrained X-H "
+                         "bonds need timestep_ps <= 0.002")
     integ = openmm.LangevinMiddleIntegrator(temperature_K * u.kelvin,
                                             friction_per_ps / u.picosecond,
                                             timestep_ps * u.picosecond)
@@ -38,6 +45,12 @@ def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.
     system = openmm.XmlSerializer.clone(prep.system)
     if hydrogen_mass_amu is not None:
         repartition_hydrogen_mass(system, prep.topology, hydrogen_mass_amu)
+    if flexible_ligand:
+        lig = {int(i) for i in prep.ligand_indices}
+        for k in reversed(range(system.getNumConstraints())):
+            i, j, _ = system.getConstraintParameters(k)
+            if i in lig and j in lig:
+                system.removeConstraint(k)
     if platform is None:
         names = [openmm.Platform.getPlatform(i).getName()
                  for i in range(openmm.Platform.getNumPlatforms())]
@@ -85,13 +98,16 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
            equilibration_steps: int = 5000, seed: int = 0, temperature_K: float = 300.0,
            timestep_ps: float = 0.002, minimize_max_iterations: int = 2000, platform: str | None = None,
            threads: int | None = None, hydrogen_mass_amu: float | None = None,
+           flexible_ligand: bool = False,
            progress: bool = False) -> Path:
     """Run (or resume) MD and write ``n_frames`` configurations, one every ``stride`` steps,
     after energy minimisation (``minimize_max_iterations``, 0 = none) and
     ``equilibration_steps`` steps. Returns the trajectory path. Calling it again with the
     same file continues; calling it with a larger ``n_frames`` extends the trajectory.
     ``hydrogen_mass_amu`` (e.g. 4 with ``timestep_ps=0.004``) repartitions hydrogen masses
-    for the sampling only (see :func:`repartition_hydrogen_mass`)."""
+    for the sampling only (see :func:`repartition_hydrogen_mass`). ``flexible_ligand`` samples
+    the ligand without its bond constraints (step <= 2 fs): labels of constrained MD never show
+    a stretched X-H bond, so a model trained on them alone has an untrained stretch."""
     if int(n_frames) < 1:
         raise ValueError(f"n_frames={n_frames} must be >= 1")
     if int(stride) < 1:
@@ -104,7 +120,8 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
     n_atoms = prep.n_atoms
     ctx = make_simulation_context(prep, temperature_K=temperature_K, timestep_ps=timestep_ps,
                                   seed=seed, platform=platform, threads=threads,
-                                  hydrogen_mass_amu=hydrogen_mass_amu)
+                                  hydrogen_mass_amu=hydrogen_mass_amu,
+                                  flexible_ligand=bool(flexible_ligand))
     integ = ctx.getIntegrator()
     with h5py.File(out, "a") as f:
         if "positions" not in f:
@@ -118,16 +135,19 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
                            equilibration_steps=int(equilibration_steps),
                            integrator="LangevinMiddleIntegrator, friction 1/ps",
                            openmm_version=openmm.__version__, wrapped=False,
-                           hydrogen_mass_amu=float(hydrogen_mass_amu or 0.0))
+                           hydrogen_mass_amu=float(hydrogen_mass_amu or 0.0),
+                           flexible_ligand=bool(flexible_ligand))
         elif f["positions"].shape[1] != n_atoms:
             raise ValueError(f"{out} holds a trajectory of {f['positions'].shape[1]} atoms, "
                              f"but the system has {n_atoms}; use another out_path")
         elif (int(f.attrs["stride"]) != int(stride) or int(f.attrs["seed"]) != int(seed)
               or float(f.attrs["timestep_ps"]) != float(timestep_ps)
-              or float(f.attrs.get("hydrogen_mass_amu", 0.0)) != float(hydrogen_mass_amu or 0.0)):
+              or float(f.attrs.get("hydrogen_mass_amu", 0.0)) != float(hydrogen_mass_amu or 0.0)
+              or bool(f.attrs.get("flexible_ligand", False)) != bool(flexible_ligand)):
             raise ValueError(f"{out} was started with stride={f.attrs['stride']}, "
                              f"seed={f.attrs['seed']}, timestep_ps={f.attrs['timestep_ps']}, "
-                             f"hydrogen_mass_amu={f.attrs.get('hydrogen_mass_amu', 0.0)}; resume "
+                             f"hydrogen_mass_amu={f.attrs.get('hydrogen_mass_amu', 0.0)}, "
+                             f"flexible_ligand={bool(f.attrs.get('flexible_ligand', False))}; resume "
                              "with the same values or use another out_path")
         done = 0
         if chk.exists():
