@@ -68,7 +68,9 @@ def test_end_to_end_cpu_run(water, tmp_path):
     assert r.finished and r.step == 400 and r.ns_per_day > 0 and r.resumed_from is None
     df = pandas.read_csv(tmp_path / "state.csv")
     assert list(df['#"Step"']) == list(range(50, 401, 50))
-    assert df["Temperature (K)"].between(200, 400).all()  # thermostat holds ~300 K
+    # the thermostat holds ~300 K once equilibrated (from a minimised start the first reports sit
+    # near 200 K: half the drawn kinetic energy flows into the potential)
+    assert df[df['#"Step"'] > 100]["Temperature (K)"].between(200, 400).all()
     assert df["Potential Energy (kJ/mole)"].max() < 0
     t = _frames(tmp_path / "trajectory.dcd", top)
     assert t.n_frames == 6  # production only: steps 150..400
