@@ -66,7 +66,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 wit
 
 import numpy as np
 
-ONE_4PI_EPS0 = 138.935456          # kJ nm / (mol e^2), OpenMM's value
+ONE_4PI_EPS0 = 138.93545764438198  # kJ nm / (mol e^2), OpenMM's value
 EV_TO_KJMOL = 96.48533212331002    # graph_longrange works in e, V, A
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

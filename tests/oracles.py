@@ -27,7 +27,7 @@ AmoebaMultipoleForce (OpenMM 8.6.1)
   - Without covalent maps every pair interacts with scale 1 (no exclusions); the i == i self term
     is not included; PME includes the Ewald self-energy correction (i.e. only true pairs remain)
     and uses tin-foil boundary conditions and B-spline order 5.
-  - Coulomb constant 138.9354576 (≈1e-8 relative above mlpolar's 138.935456, negligible).
+  - Coulomb constant 138.9354576, the same as mlpolar's.
   - Its PME is *not* plain smooth PME: the B-spline moduli are multiplied by Tinker's "optimal
     zeta" alias correction (AmoebaReferencePmeMultipoleForce::initializeBSplineModuli), and for
     odd grid sizes the zeta of the index (K−1)/2 is evaluated at the wrong wave number
@@ -68,7 +68,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 wit
 import numpy as np
 import torch
 
-ONE_4PI_EPS0 = 138.935456  # kJ nm / (mol e^2), mlpolar's (and OpenMM NonbondedForce's) value
+ONE_4PI_EPS0 = 138.93545764438198  # kJ nm / (mol e^2), mlpolar's and OpenMM's value
 EV_TO_KJ_PER_MOL = 1.602176634e-19 * 6.02214076e23 / 1000.0  # 96.485332...
 GL_LENGTH_UNIT = 0.01  # Å per graph_longrange length unit in the realspace path (see above)
 

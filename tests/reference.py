@@ -4,7 +4,7 @@ Plain torch float64, no code shared with mlpolar, written to be read rather than
 Everything is differentiable with autograd (positions, multipoles, widths, box), so the tests
 take reference forces and parameter gradients from it with ``torch.autograd.grad``.
 
-Conventions (docs/electrostatics_api.md): nm, e, kJ/mol, ``ONE_4PI_EPS0 = 138.935456``.
+Conventions (docs/electrostatics_api.md): nm, e, kJ/mol, ``ONE_4PI_EPS0 = 138.93545764438198``.
 
 * A site is the differential operator ``D = q + mu.grad + 1/3 Theta:grad grad`` acting on a
   pair kernel ``K(x)``, ``x = r_receiver - r_source``.  Applied to the *source* the gradient
@@ -40,7 +40,7 @@ import math
 
 import torch
 
-ONE_4PI_EPS0 = 138.935456  # kJ nm / (mol e^2)
+ONE_4PI_EPS0 = 138.93545764438198  # kJ nm / (mol e^2)
 
 # Convergence targets of the default Ewald parameters (about 1e-16 relative).
 _REAL_SPACE_ARG = 6.5     # alpha * (closest left-out image distance); erfc(6.5) = 4e-20

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "fe": ("mlpolar.workflows.fe_command", "MM -> ML/MM free-energy corrections on Dask"),
     "train": ("mlpolar.train.command", "train or resume a model from a YAML config"),
     "evaluate": ("mlpolar.train.evaluate", "metrics and parity plots of a model on label stores"),
+    "bond-scan": ("mlpolar.train.bond_scan", "a model's bond stretch in vacuum, next to DFT"),
 }
 
 

@@ -12,9 +12,8 @@ k = 0 handling, displaced-charge dipoles) are documented in tests/oracles.py and
 ``test_oracle_*`` tests below against a brute-force direct sum, so that a failure of an mlpolar
 comparison is not a misread oracle.
 
-Coulomb constants: mlpolar uses 138.935456 kJ nm/(mol e²); OpenMM 8.6.1 (both forces) uses
-138.93545764 (CODATA 2018), 1.18e-8 relative higher.  That is far below every tolerance here,
-so OpenMM's numbers are compared as they are.
+Coulomb constant: mlpolar uses OpenMM 8.6.1's 138.93545764438198 kJ nm/(mol e²) (CODATA 2018;
+until Dec 2026 it used 138.935456, 1.18e-8 relative lower, which the figures below still show).
 
 Agreement measured when these tests were written (CPU, float64): NonbondedForce water boxes
 1.18e-8 in energy and forces (i.e. only the Coulomb constant); AMOEBA NoCutoff 1.18e-8; AMOEBA

@@ -233,10 +233,10 @@ class _PointChargeModel(torch.nn.Module):
         n = positions.shape[0]
         iu = torch.triu_indices(n, n, 1)
         r = torch.linalg.vector_norm(positions[iu[0]] - positions[iu[1]], dim=-1)
-        e = 138.935456 * (self.q[iu[0]] * self.q[iu[1]] / r).sum()
+        e = 138.93545764438198 * (self.q[iu[0]] * self.q[iu[1]] / r).sum()
         if mm_positions is not None and mm_charges is not None:
             d = torch.cdist(positions, mm_positions)
-            e = e + 138.935456 * (self.q[:, None] * mm_charges[None, :] / d).sum()
+            e = e + 138.93545764438198 * (self.q[:, None] * mm_charges[None, :] / d).sum()
         return {"energy": e}
 
 

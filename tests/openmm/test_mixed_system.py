@@ -66,8 +66,7 @@ def test_fixed_charge_model_reproduces_mm(case, request):
     E0, F0, _ = evaluate(c.system, c.positions)
     E1, F1, _ = evaluate(create_mixed_system(c.topology, c.system, c.ml_atoms, c.model), c.positions)
     if case == "open_water":
-        # exact up to the Coulomb constant: OpenMM 8.6 uses 138.93545764438198, mlpolar.units
-        # 138.935456 (1.2e-8 relative of the ML-involving Coulomb terms)
+        # exact: mlpolar.units.ONE_4PI_EPS0 is OpenMM 8.6's 138.93545764438198
         assert abs(E1 - E0) < 1e-4
         np.testing.assert_allclose(F1, F0, atol=1e-4)
     else:   # OpenMM's and mlpolar's PME at ewaldErrorTolerance 1e-6

@@ -200,3 +200,47 @@ def test_repeat_weights_a_store_in_training_only(make_config):
     cfg["data"]["test"][0]["repeat"] = 2
     with pytest.raises(ValueError, match=r"unknown keys \['repeat'\]"):
         Trainer(cfg)
+
+
+def test_init_starts_a_new_run_from_a_checkpoint(make_config, tmp_path, store_path):
+    """model.init (fine-tuning): a new run starts from the checkpoint's EMA weights and energy
+    reference with its own split of the (new) data; a resumed run ignores model.init."""
+    base = Trainer(make_config(run="base", epochs=1))
+    base.train()
+    cfg = make_config(run="tuned", epochs=2)
+    del cfg["model"]["kwargs"]
+    cfg["model"]["init"] = str(tmp_path / "base" / "checkpoint.pt")
+    cfg["data"]["train"][0]["indices"] = "0:8"          # more data than the base run saw
+    tuned = Trainer(cfg)
+    assert tuned.model_spec == base.model_spec and tuned.reference == base.reference
+    c = load_store(store_path, [7])[0]
+    head = base.default_head
+    a = predict(base.eval_model, c, head)
+    for m in (tuned.model, tuned.eval_model):
+        b = predict(m, c, head)
+        torch.testing.assert_close(a["energy"], b["energy"])
+        torch.testing.assert_close(a["qm_forces"], b["qm_forces"])
+    assert sum(len(s.get("train", [])) for s in tuned.split["stores"]) > \
+        sum(len(s.get("train", [])) for s in base.split["stores"])
+    tuned.train(stop_after=1)
+    moved = predict(tuned.eval_model, c, head)["energy"]
+    assert float(moved) != float(a["energy"])
+    # resume: the run's own checkpoint, not model.init (which may be gone by then)
+    (tmp_path / "base" / "checkpoint.pt").rename(tmp_path / "base" / "moved.pt")
+    again = Trainer(cfg)
+    assert again.epoch == 1
+    torch.testing.assert_close(predict(again.eval_model, c, head)["energy"], moved)
+
+
+def test_bad_init_fails_before_work(make_config, tmp_path, store_path):
+    cfg = make_config(run="x")
+    cfg["model"]["init"] = str(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="model.init and model.kwargs"):
+        Trainer(cfg)
+    del cfg["model"]["kwargs"]
+    with pytest.raises(FileNotFoundError, match="model.init=.*does not exist"):
+        Trainer(cfg)
+    cfg["model"]["init"] = str(store_path)   # an HDF5 file, not a checkpoint
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        Trainer(cfg)
+    assert not (tmp_path / "x").exists()

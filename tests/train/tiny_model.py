@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-ONE_4PI_EPS0 = 138.935456
+ONE_4PI_EPS0 = 138.93545764438198
 
 
 class TinyPolarModel(nn.Module):

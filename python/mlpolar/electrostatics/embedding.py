@@ -188,7 +188,7 @@ def _build_feature_projection(max_order: int, dtype: torch.dtype, device: torch.
 
 def _coulomb() -> float:
     """ONE_4PI_EPS0 (mlpolar.units) as a literal: TorchScript cannot read module globals."""
-    return 138.935456
+    return 138.93545764438198
 
 
 def _index3() -> List[int]:

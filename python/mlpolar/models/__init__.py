@@ -2,6 +2,7 @@
 
     mlpolar.models.available()          # names of the model files shipped in mlpolar/models/shipped/
     mlpolar.load_model("name")          # one of those
+    mlpolar.load_model("default")       # the only shipped model, or the one named "default"
     mlpolar.load_model("path/to/model.pt")
 
 A shipped model is one file ``shipped/<name>.pt`` written by ``mlpolar.model.save_model``
@@ -19,6 +20,7 @@ from typing import List, Optional, Union
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 _SUFFIX = ".pt"
+DEFAULT_NAME = "default"
 
 
 def available() -> List[str]:
@@ -28,9 +30,30 @@ def available() -> List[str]:
     return sorted(p.name[:-len(_SUFFIX)] for p in SHIPPED_DIR.iterdir() if p.name.endswith(_SUFFIX) and p.is_file())
 
 
+def default_name() -> str:
+    """The shipped model meant by "default": the one named so, else the only one shipped; a clear
+    error while none (or several, none named "default") is shipped."""
+    names = available()
+    if DEFAULT_NAME in names:
+        return DEFAULT_NAME
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise FileNotFoundError(
+            f"no shipped mlpolar model: {SHIPPED_DIR} holds no <name>.pt yet (the trained model "
+            "is added there by training). Pass a file written by mlpolar.model.save_model (on "
+            "the command line --model PATH), or the MM charges as a model (--model "
+            "fixed-charge), or --mm-only")
+    raise ValueError(f"several shipped models {names} and none named {DEFAULT_NAME!r}; choose "
+                     "one by name (on the command line --model NAME)")
+
+
 def model_path(name_or_path: Union[str, os.PathLike]) -> Path:
-    """The file of a shipped model name, or the given path if it is a file."""
+    """The file of a shipped model name ("default" included), or the given path if it is a
+    file."""
     s = str(name_or_path)
+    if s == DEFAULT_NAME and not Path(s).is_file():
+        s = default_name()
     if s in available():
         return SHIPPED_DIR / (s + _SUFFIX)
     p = Path(s).expanduser()
@@ -70,4 +93,4 @@ def load_model(name_or_path: Union[str, os.PathLike], map_location: Optional[str
     return torch.jit.load(str(path), map_location=map_location)
 
 
-__all__ = ["available", "load_model", "model_path", "SHIPPED_DIR"]
+__all__ = ["available", "default_name", "load_model", "model_path", "DEFAULT_NAME", "SHIPPED_DIR"]

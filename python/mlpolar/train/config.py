@@ -16,6 +16,8 @@ DEFAULTS = {
     "model": {
         "factory": "mlpolar.train.models:mlpolar",   # "module:callable"; called with **kwargs
         "kwargs": {},           # 'elements' and 'heads' are filled in from the data if absent
+        "init": None,           # a training checkpoint: a new run starts from its architecture,
+                                # (EMA) weights and reference energies (fine-tuning)
     },
     "data": {
         "train": [],            # [{path, head, indices (list or 'a:b'), repeat}] (all but path optional)
@@ -76,6 +78,8 @@ def load_config(path_or_dict) -> dict:
     def res(x):
         return str(x) if Path(x).is_absolute() else str((base_dir / x).resolve())
     cfg["run_dir"] = res(cfg["run_dir"])
+    if cfg["model"]["init"] is not None:
+        cfg["model"]["init"] = res(cfg["model"]["init"])
     for part in ("train", "test"):
         cfg["data"][part] = [{**d, "path": res(d["path"])} for d in cfg["data"][part]]
     return cfg
@@ -90,6 +94,13 @@ def validate(cfg: dict) -> None:
         raise ValueError(f"device={cfg['device']!r}: use 'cpu' or 'cuda[:N]'")
     if ":" not in str(cfg["model"]["factory"]):
         raise ValueError(f"model.factory={cfg['model']['factory']!r} must be 'module:callable'")
+    init = cfg["model"]["init"]
+    if init is not None:
+        if not isinstance(init, (str, os.PathLike)):
+            raise ValueError(f"model.init={init!r} must be the path of a training checkpoint")
+        if cfg["model"]["kwargs"]:
+            raise ValueError("model.init and model.kwargs are both given: a run started from a "
+                             "checkpoint has that checkpoint's architecture; remove model.kwargs")
     d = cfg["data"]
     if not d["train"]:
         raise ValueError("data.train is empty: list the label stores to train on, e.g. "

@@ -57,11 +57,13 @@ def load_for_evaluation(path, device="cpu", dtype=torch.float64):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist")
+    from ..models import _is_torchscript
     obj = None
-    try:
-        obj = torch.load(path, map_location=device, weights_only=False)
-    except Exception:  # noqa: BLE001 - not a torch.save pickle: try the model's own format
-        obj = None
+    if not _is_torchscript(path):  # a shipped model is TorchScript: not a checkpoint
+        try:
+            obj = torch.load(path, map_location=device, weights_only=False)
+        except Exception:  # noqa: BLE001 - not a torch.save pickle: try the model's own format
+            obj = None
     if isinstance(obj, dict) and obj.get("format") == "mlpolar-train-checkpoint":
         from .trainer import model_from_checkpoint
         return model_from_checkpoint(obj, device=device, dtype=dtype)

@@ -120,6 +120,7 @@ class Trainer:
         ckpt_path = self.run_dir / "checkpoint.pt"
         ckpt = (torch.load(ckpt_path, map_location="cpu", weights_only=False)
                 if ckpt_path.exists() else None)
+        init = None if ckpt else self._read_init(c["model"]["init"])
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.split = ckpt["split"] if ckpt else self._make_split()
@@ -136,6 +137,8 @@ class Trainer:
         random.seed(c["seed"])
         if ckpt:
             self.model_spec = ckpt["model_spec"]
+        elif init:
+            self.model_spec = init["model_spec"]
         else:
             kw = dict(c["model"]["kwargs"])
             kw.setdefault("elements", sorted({z for p in self.data.values() for x in p
@@ -147,13 +150,23 @@ class Trainer:
         if missing_heads:
             raise ValueError(f"heads {sorted(missing_heads)} of the data are not heads of the "
                              f"model {list(self.model.heads)}; add them to model.kwargs.heads")
+        if init:
+            missing_z = {z for p in self.data.values() for x in p for z in x.species.tolist()} \
+                - set(self.model.elements)
+            if missing_z:
+                raise ValueError(f"elements {sorted(missing_z)} of the data are not elements of "
+                                 f"the model.init checkpoint ({list(self.model.elements)}); train "
+                                 "a new model instead")
+            self.model.load_state_dict(init["ema_model"] if init.get("ema_model") is not None
+                                       else init["model"])
 
         # per-element reference energies, one fit per head on the training set
         if ckpt:
             self.reference = ckpt["reference"]
         else:
-            self.reference = {}
-            for h in sorted({x.head for x in self.data["train"]}):
+            # fine-tuning keeps the init's energy zero; a head it lacks is fitted
+            self.reference = dict(init["reference"]) if init else {}
+            for h in sorted({x.head for x in self.data["train"]} - set(self.reference)):
                 self.reference[h] = fit_reference([x for x in self.data["train"] if x.head == h],
                                                   self.model.elements).tolist()
         self.reference_in_model = all(install_reference(self.model, h, v)
@@ -185,6 +198,25 @@ class Trainer:
         else:
             save_split(self.run_dir / "split.json", self.split)
             self._truncate_log()
+
+    @staticmethod
+    def _read_init(path) -> Optional[dict]:
+        """The checkpoint named by model.init (read for a new run only; a resumed run has its
+        weights in its own checkpoint)."""
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model.init={path} does not exist; give a checkpoint.pt or "
+                                    "best.pt written by 'mlpolar train'")
+        try:
+            init = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a shipped (TorchScript) model or another file
+            raise ValueError(f"model.init={path} is not a training checkpoint ({e}); give a "
+                             "checkpoint.pt or best.pt written by 'mlpolar train'") from None
+        if not isinstance(init, dict) or init.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"model.init={path} is not a training checkpoint; give a "
+                             "checkpoint.pt or best.pt written by 'mlpolar train'")
+        return init
 
     # ------------------------------------------------------------------ data
     def _make_split(self) -> dict:

@@ -22,27 +22,15 @@ import numpy as np
 import openmm
 import openmm.app as app
 
+from mlpolar.models import DEFAULT_NAME, default_name
+
 FIXED_CHARGE = "fixed-charge"
-DEFAULT_NAME = "default"
 ML_CONSTRAINTS = ("keep", "remove")
 
 
 def default_model_name() -> str:
-    """The shipped model used when none is named; a clear error while none is shipped."""
-    from mlpolar.models import SHIPPED_DIR, available
-    names = available()
-    if DEFAULT_NAME in names:
-        return DEFAULT_NAME
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise FileNotFoundError(
-            f"no shipped mlpolar model: {SHIPPED_DIR} holds no <name>.pt yet (the trained model "
-            "is added there by training). Pass --model PATH (a file written by "
-            "mlpolar.model.save_model), --model fixed-charge (the MM charges as a model), or "
-            "--mm-only")
-    raise ValueError(f"several shipped models {names} and none named {DEFAULT_NAME!r}; choose "
-                     "one with --model NAME")
+    """The shipped model used when none is named (mlpolar.models.default_name)."""
+    return default_name()
 
 
 def resolve_model(model: Optional[str], system: Optional[openmm.System] = None,
