@@ -2,7 +2,9 @@ import h5py
 import numpy as np
 import pytest
 
-from mlpolar.data.sampling import n_frames, read_frame, sample
+import openmm.unit as unit
+
+from mlpolar.data.sampling import make_simulation_context, n_frames, read_frame, sample
 
 
 def test_trajectory_written(traj, pxw):
@@ -90,6 +92,29 @@ def test_flexible_ligand_stretches_its_bonds(pxw, tmp_path):
     sample(pxw, tmp_path / "flex.h5", n_frames=3, flexible_ligand=True, **kw)
     assert spread(tmp_path / "rigid.h5") < 1e-5
     assert spread(tmp_path / "flex.h5") > 1e-3
+    # ... and they stay bonds: the constraints are replaced by the force field's bond terms
+    # (removing them alone set the hydrogens free: 6 nm apart within 40 ps, Dec 2026)
+    for k in range(n_frames(tmp_path / "flex.h5")):
+        pos = read_frame(tmp_path / "flex.h5", k)[0]
+        r = np.array([np.linalg.norm(pos[i] - pos[j]) for i, j in ch])
+        assert np.all(np.abs(r - 0.109) < 0.012), r
+    ctx = make_simulation_context(pxw, flexible_ligand=True, platform="Reference")
+    system = ctx.getSystem()
+    assert not any({system.getConstraintParameters(k)[0],
+                    system.getConstraintParameters(k)[1]} <= set(lig)
+                   for k in range(system.getNumConstraints()))
+    bonds = next(f for f in system.getForces() if f.getName() == "ligand_unconstrained_bonds")
+    got = {tuple(sorted(bonds.getBondParameters(k)[:2])): bonds.getBondParameters(k)[2:]
+           for k in range(bonds.getNumBonds())}
+    assert set(got) == {tuple(sorted(b)) for b in ch}
+    for key, (r0, kk) in got.items():
+        constrained = [pxw.system.getConstraintParameters(k) for k in
+                       range(pxw.system.getNumConstraints())
+                       if tuple(sorted(pxw.system.getConstraintParameters(k)[:2])) == key]
+        assert r0.value_in_unit(unit.nanometer) == pytest.approx(
+            constrained[0][2].value_in_unit(unit.nanometer), rel=1e-6)
+        # GAFF C-H: 2 x 337-344 kcal/mol/A^2
+        assert 2.7e5 < kk.value_in_unit(unit.kilojoule_per_mole / unit.nanometer ** 2) < 3.0e5
     with h5py.File(tmp_path / "flex.h5") as f:
         assert bool(f.attrs["flexible_ligand"])
     with pytest.raises(ValueError, match="flexible_ligand"):

@@ -46,11 +46,7 @@ def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.
     if hydrogen_mass_amu is not None:
         repartition_hydrogen_mass(system, prep.topology, hydrogen_mass_amu)
     if flexible_ligand:
-        lig = {int(i) for i in prep.ligand_indices}
-        for k in reversed(range(system.getNumConstraints())):
-            i, j, _ = system.getConstraintParameters(k)
-            if i in lig and j in lig:
-                system.removeConstraint(k)
+        _unconstrain_ligand(system, prep.ligand_indices)
     if platform is None:
         names = [openmm.Platform.getPlatform(i).getName()
                  for i in range(openmm.Platform.getNumPlatforms())]
@@ -63,6 +59,28 @@ def make_simulation_context(prep: PreparedSystem, *, temperature_K: float = 300.
     ctx.setPeriodicBoxVectors(*[openmm.Vec3(*v) for v in prep.box_vectors])
     ctx.setPositions(prep.positions)
     return ctx
+
+
+def _unconstrain_ligand(system: openmm.System, ligand_indices) -> None:
+    """Replace the constraints between ligand atoms by the force field's harmonic bonds. (The
+    System was built with HBonds constraints, which leave those bonds without a bond term:
+    removing the constraints alone would set the hydrogens free.)"""
+    from .systems import ligand_bond_terms
+    lig = {int(i) for i in ligand_indices}
+    terms = ligand_bond_terms(ligand_indices)
+    stretch = openmm.HarmonicBondForce()
+    stretch.setName("ligand_unconstrained_bonds")
+    stretch.setUsesPeriodicBoundaryConditions(False)
+    for k in reversed(range(system.getNumConstraints())):
+        i, j, _ = system.getConstraintParameters(k)
+        if i in lig and j in lig:
+            key = (min(i, j), max(i, j))
+            if key not in terms:
+                raise ValueError(f"ligand constraint {key} has no bond term in ligand.prmtop; "
+                                 "flexible_ligand cannot replace it")
+            stretch.addBond(i, j, *terms[key])
+            system.removeConstraint(k)
+    system.addForce(stretch)
 
 
 def repartition_hydrogen_mass(system: openmm.System, topology, hydrogen_mass_amu: float) -> None:

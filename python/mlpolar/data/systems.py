@@ -216,6 +216,28 @@ def build_system(topology: app.Topology, forcefield: app.ForceField, prmtop: app
     return system, lig_idx
 
 
+def ligand_bond_terms(ligand_indices) -> dict:
+    """All of the ligand prmtop's harmonic bond terms, none left out for constraints:
+    {(i, j): (r0 nm, k kJ/mol/nm^2)} with i < j in the prepared system's atom indices
+    (``ligand_indices`` in prmtop order, as :func:`build_system` returns them). A System built
+    with HBonds constraints has no bond term for its X-H bonds (the constraint replaces it), so
+    sampling without those constraints must put these terms back."""
+    prm_sys = ligand_prmtop().createSystem(nonbondedMethod=app.NoCutoff, constraints=None)
+    m = [int(i) for i in ligand_indices]
+    if len(m) != prm_sys.getNumParticles():
+        raise ValueError(f"ligand_indices has {len(m)} atoms, ligand.prmtop "
+                         f"{prm_sys.getNumParticles()}")
+    out = {}
+    for f in prm_sys.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            for k in range(f.getNumBonds()):
+                i, j, r0, kk = f.getBondParameters(k)
+                out[tuple(sorted((m[i], m[j])))] = (
+                    r0.value_in_unit(u.nanometer),
+                    kk.value_in_unit(u.kilojoule_per_mole / u.nanometer ** 2))
+    return out
+
+
 # ----------------------------------------------------------------------------- preparation
 def _ligand_modeller() -> app.Modeller:
     d = openmmtools_data_dir()
