@@ -21,7 +21,7 @@ import numpy as np
 import openmm.app as app
 import openmm.unit as u
 
-from mlpolar.data.systems import prepare_system
+from mlpolar.data.systems import add_constrained_bond_terms, prepare_system
 from mlpolar.workflows.fe import FEConfig, Leg, format_table, run_fe
 from mlpolar.workflows.md import MDConfig, run_md
 from mlpolar.workflows.ml_region import make_ml_system
@@ -31,6 +31,9 @@ LEGS = {"complex": "t4l99a_pxylene_water", "solvent": "pxylene_water"}
 
 def equilibrated_leg(name, out, args):
     prep = prepare_system(LEGS[name])
+    # bond terms for the ligand's X-H constraints: the lambda = 0 (MM) end needs them when the
+    # ML region runs without constraints (--ml-constraints remove)
+    add_constrained_bond_terms(prep.system, prep.ligand_indices)
     md_dir = out / f"mm-equilibration-{name}"
     run_md(prep.topology, prep.system, prep.positions, md_dir,
            MDConfig(steps=args.mm_steps, equilibration_steps=0,

@@ -2,9 +2,11 @@ import h5py
 import numpy as np
 import pytest
 
+import openmm
 import openmm.unit as unit
 
 from mlpolar.data.sampling import make_simulation_context, n_frames, read_frame, sample
+from mlpolar.data.systems import add_constrained_bond_terms
 
 
 def test_trajectory_written(traj, pxw):
@@ -98,12 +100,15 @@ def test_flexible_ligand_stretches_its_bonds(pxw, tmp_path):
         pos = read_frame(tmp_path / "flex.h5", k)[0]
         r = np.array([np.linalg.norm(pos[i] - pos[j]) for i, j in ch])
         assert np.all(np.abs(r - 0.109) < 0.012), r
+    system = openmm.XmlSerializer.clone(pxw.system)
+    assert add_constrained_bond_terms(system, pxw.ligand_indices) == 10
+    assert add_constrained_bond_terms(system, pxw.ligand_indices) == 0   # already there
     ctx = make_simulation_context(pxw, flexible_ligand=True, platform="Reference")
     system = ctx.getSystem()
     assert not any({system.getConstraintParameters(k)[0],
                     system.getConstraintParameters(k)[1]} <= set(lig)
                    for k in range(system.getNumConstraints()))
-    bonds = next(f for f in system.getForces() if f.getName() == "ligand_unconstrained_bonds")
+    bonds = next(f for f in system.getForces() if f.getName() == "ligand_xh_bonds")
     got = {tuple(sorted(bonds.getBondParameters(k)[:2])): bonds.getBondParameters(k)[2:]
            for k in range(bonds.getNumBonds())}
     assert set(got) == {tuple(sorted(b)) for b in ch}

@@ -58,6 +58,37 @@ def test_constraints_removed_only_inside_ml():
     assert n_ml > 0 and len(kept) == t.system.getNumConstraints() - n_ml
 
 
+def test_interpolation_without_constraints_needs_bond_terms():
+    """An HBonds System has no bond terms for its X-H bonds: removing the ML region's constraints
+    would leave its hydrogens held by nothing at lambda = 0. Refused with the fix named; with
+    flexibleConstraints=True the MM end keeps the bonds and is the MM System exactly."""
+    import openmm.app as app
+    from openmmtools.testsystems import AlanineDipeptideVacuum
+    t = AlanineDipeptideVacuum(constraints=app.HBonds)
+    ml = list(range(t.system.getNumParticles()))
+    model = FixedChargeModel.from_system(t.system, ml)
+    with pytest.raises(ValueError, match="flexibleConstraints=True"):
+        create_mixed_system(t.topology, t.system, ml, model, interpolate=True)
+    create_mixed_system(t.topology, t.system, ml, model, interpolate=True, remove_constraints=False)
+    create_mixed_system(t.topology, t.system, ml, model)   # no MM end: the model holds the bonds
+    ff = app.ForceField("amber14-all.xml")
+    flex = ff.createSystem(t.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds,
+                           flexibleConstraints=True)
+    mixed = create_mixed_system(t.topology, flex, ml, FixedChargeModel.from_system(flex, ml),
+                                interpolate=True)
+    assert mixed.getNumConstraints() == 0
+    pos = t.positions.value_in_unit(u.nanometer)
+    stretched = np.array(pos)
+    stretched[1] += [0.01, 0.0, 0.0]          # the ACE methyl carbon: its C-H bonds stretch
+    unconstrained = copy.deepcopy(flex)
+    for k in reversed(range(unconstrained.getNumConstraints())):
+        unconstrained.removeConstraint(k)
+    ctx = context(mixed, stretched)
+    E0 = state_values(ctx, {LAMBDA: 0.0})[0]
+    assert E0 == pytest.approx(evaluate(unconstrained, stretched)[0], rel=1e-10)
+    assert E0 - state_values(context(mixed, pos), {LAMBDA: 0.0})[0] > 1.0   # the bond is felt
+
+
 @pytest.mark.parametrize("case", ["open_water", "solvated_tight"])
 def test_fixed_charge_model_reproduces_mm(case, request):
     """Nothing counted twice or dropped: the MM force field's own ML-region terms, moved into the

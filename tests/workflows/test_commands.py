@@ -131,6 +131,12 @@ def test_ml_constraints_are_kept_unless_asked():
                       if i in ml and j in ml)
     mm = ml_constraints(inp.system)
     assert len(mm) == 10  # p-xylene's C-H bonds
+    # built with flexibleConstraints: the constrained bonds keep their bond terms, which hold
+    # them at lambda = 0 once the constraints are gone
+    import openmm
+    bonded = {tuple(sorted(f.getBondParameters(k)[:2])) for f in inp.system.getForces()
+              if isinstance(f, openmm.HarmonicBondForce) for k in range(f.getNumBonds())}
+    assert {tuple(sorted(p)) for p in mm} <= bonded
     assert ml_constraints(make_ml_system(inp.topology, inp.system, sorted(ml), "fixed-charge")) == mm
     assert ml_constraints(make_ml_system(inp.topology, inp.system, sorted(ml), "fixed-charge",
                                          ml_constraints="remove")) == []

@@ -65,22 +65,13 @@ def _unconstrain_ligand(system: openmm.System, ligand_indices) -> None:
     """Replace the constraints between ligand atoms by the force field's harmonic bonds. (The
     System was built with HBonds constraints, which leave those bonds without a bond term:
     removing the constraints alone would set the hydrogens free.)"""
-    from .systems import ligand_bond_terms
+    from .systems import add_constrained_bond_terms
+    add_constrained_bond_terms(system, ligand_indices)
     lig = {int(i) for i in ligand_indices}
-    terms = ligand_bond_terms(ligand_indices)
-    stretch = openmm.HarmonicBondForce()
-    stretch.setName("ligand_unconstrained_bonds")
-    stretch.setUsesPeriodicBoundaryConditions(False)
     for k in reversed(range(system.getNumConstraints())):
         i, j, _ = system.getConstraintParameters(k)
         if i in lig and j in lig:
-            key = (min(i, j), max(i, j))
-            if key not in terms:
-                raise ValueError(f"ligand constraint {key} has no bond term in ligand.prmtop; "
-                                 "flexible_ligand cannot replace it")
-            stretch.addBond(i, j, *terms[key])
             system.removeConstraint(k)
-    system.addForce(stretch)
 
 
 def repartition_hydrogen_mass(system: openmm.System, topology, hydrogen_mass_amu: float) -> None:

@@ -238,6 +238,35 @@ def ligand_bond_terms(ligand_indices) -> dict:
     return out
 
 
+def add_constrained_bond_terms(system: openmm.System, ligand_indices) -> int:
+    """Give the ligand's constrained bonds their force-field bond terms, as
+    ``createSystem(flexibleConstraints=True)`` would (one HarmonicBondForce, "ligand_xh_bonds").
+    While a constraint holds, its bond term is a constant; once it is removed (flexible sampling,
+    ML/MM without the ML region's constraints, whose lambda = 0 end is this MM System) the term
+    is what keeps the atoms bonded. Pairs that already have a bond term are left alone. Returns
+    the number of terms added."""
+    lig = {int(i) for i in ligand_indices}
+    have = set()
+    for f in system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            for k in range(f.getNumBonds()):
+                i, j = f.getBondParameters(k)[:2]
+                have.add((min(i, j), max(i, j)))
+    terms = ligand_bond_terms(ligand_indices)
+    bonds = openmm.HarmonicBondForce()
+    bonds.setName("ligand_xh_bonds")
+    for k in range(system.getNumConstraints()):
+        i, j, _ = system.getConstraintParameters(k)
+        key = (min(i, j), max(i, j))
+        if i in lig and j in lig and key not in have:
+            if key not in terms:
+                raise ValueError(f"ligand constraint {key} has no bond term in ligand.prmtop")
+            bonds.addBond(i, j, *terms[key])
+    if bonds.getNumBonds():
+        system.addForce(bonds)
+    return bonds.getNumBonds()
+
+
 # ----------------------------------------------------------------------------- preparation
 def _ligand_modeller() -> app.Modeller:
     d = openmmtools_data_dir()

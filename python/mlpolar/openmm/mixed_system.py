@@ -46,7 +46,9 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         model: an mlpolar model (docs/interfaces.md).
         charge, multiplicity: of the ML region.
         interpolate: add the global parameter ``lambda_interpolate`` (0 = MM, 1 = ML/MM).
-        remove_constraints: drop constraints between ML atoms (as openmm-ml does by default).
+        remove_constraints: drop constraints between ML atoms (as openmm-ml does by default). With
+            interpolate, every such constraint needs a bond term in the System for the MM end
+            (createSystem(flexibleConstraints=True)); a clear error otherwise.
         force_group: force group of the MLPolarForce (or of the interpolating CustomCVForce).
         device, backend, embedding_tolerance: passed to MLPolarForce (embedding_tolerance None: the
             ML-MM long range at the NonbondedForce's ewaldErrorTolerance).
@@ -59,6 +61,8 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         raise ValueError(f"topology has {topology.getNumAtoms()} atoms but system has {system.getNumParticles()} "
                          "particles; pass the matching pair")
     atoms = checks.ml_atom_list(ml_atoms, system.getNumParticles())
+    if interpolate and remove_constraints:
+        _check_constrained_bonds(system, set(atoms))
     checks.nonbonded_force(system, required=True, why="to remove the ML atoms' charges and ML-ML pairs")
     # All checks of the force (elements, charge/multiplicity, link bonds, cutoff vs box, device) run
     # before the System surgery.
@@ -122,3 +126,27 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         term.setName(name)
         mixed.addForce(term)
     return mixed
+
+
+def _check_constrained_bonds(system: openmm.System, mlset: set) -> None:
+    """With interpolation the lambda = 0 end is the MM description of the ML region; once its
+    constraints are removed, only a bond term keeps a constrained pair bonded there. A System
+    built with constraints=HBonds (and flexibleConstraints=False) has none for its X-H bonds."""
+    have = set()
+    for f in system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            for k in range(f.getNumBonds()):
+                i, j = f.getBondParameters(k)[:2]
+                have.add((min(i, j), max(i, j)))
+    bare = []
+    for k in range(system.getNumConstraints()):
+        i, j, _ = system.getConstraintParameters(k)
+        if i in mlset and j in mlset and (min(i, j), max(i, j)) not in have:
+            bare.append((i, j))
+    if bare:
+        raise ValueError(
+            f"{len(bare)} constraints between ML atoms (e.g. {bare[:3]}) have no bond term in the "
+            "System, so with remove_constraints=True nothing would hold those atoms together at "
+            "lambda_interpolate = 0 (the MM end). Build the MM System with "
+            "createSystem(..., flexibleConstraints=True), which keeps the bond terms of "
+            "constrained bonds, or keep the constraints (remove_constraints=False)")

@@ -88,7 +88,9 @@ def load_from_args(a, prepared_default: str) -> tuple[SimulationInput, Optional[
     if input_kind(a) == "prepared":
         from mlpolar.data.systems import prepare_system
         name = a.system or prepared_default
+        from mlpolar.data.systems import add_constrained_bond_terms
         prep = prepare_system(name, a.cache_dir)
+        add_constrained_bond_terms(prep.system, prep.ligand_indices)   # see inputs._create_kwargs
         inp = SimulationInput(prep.topology, prep.system, prep.positions, prep.box_vectors)
         label = name
     else:

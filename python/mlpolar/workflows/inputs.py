@@ -43,7 +43,9 @@ def _exists(path, name: str) -> Path:
 
 
 def _create_kwargs(periodic: bool, cutoff_nm: float) -> dict:
-    kw = dict(constraints=app.HBonds, rigidWater=True)
+    # flexibleConstraints: constrained bonds keep their bond terms (a constant while constrained),
+    # so that an ML/MM run without the ML region's constraints still has them at lambda = 0
+    kw = dict(constraints=app.HBonds, rigidWater=True, flexibleConstraints=True)
     if periodic:
         kw.update(nonbondedMethod=app.PME, nonbondedCutoff=cutoff_nm * u.nanometer)
     else:
