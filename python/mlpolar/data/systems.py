@@ -37,6 +37,8 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
+from ..system_pairs import bond_term_pairs, constrained_pairs
+
 SYSTEM_NAMES = ("pxylene_water", "t4l99a_pxylene_water")
 BOX_SHAPES = ("cube", "dodecahedron", "octahedron")  # OpenMM Modeller.addSolvent boxShape
 LIGAND_RESNAME = "TMP"
@@ -245,23 +247,15 @@ def add_constrained_bond_terms(system: openmm.System, ligand_indices) -> int:
     ML/MM without the ML region's constraints, whose lambda = 0 end is this MM System) the term
     is what keeps the atoms bonded. Pairs that already have a bond term are left alone. Returns
     the number of terms added."""
-    lig = {int(i) for i in ligand_indices}
-    have = set()
-    for f in system.getForces():
-        if isinstance(f, openmm.HarmonicBondForce):
-            for k in range(f.getNumBonds()):
-                i, j = f.getBondParameters(k)[:2]
-                have.add((min(i, j), max(i, j)))
+    have = bond_term_pairs(system)
     terms = ligand_bond_terms(ligand_indices)
     bonds = openmm.HarmonicBondForce()
     bonds.setName("ligand_xh_bonds")
-    for k in range(system.getNumConstraints()):
-        i, j, _ = system.getConstraintParameters(k)
-        key = (min(i, j), max(i, j))
-        if i in lig and j in lig and key not in have:
+    for key in constrained_pairs(system, ligand_indices):
+        if key not in have:
             if key not in terms:
                 raise ValueError(f"ligand constraint {key} has no bond term in ligand.prmtop")
-            bonds.addBond(i, j, *terms[key])
+            bonds.addBond(*key, *terms[key])
     if bonds.getNumBonds():
         system.addForce(bonds)
     return bonds.getNumBonds()

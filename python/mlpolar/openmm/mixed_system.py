@@ -28,6 +28,7 @@ import openmm
 import openmm.app as app
 from openmmml.embeddings import utilities as mlutil
 
+from ..system_pairs import bond_term_pairs, constrained_pairs
 from . import checks
 from .force import MLPolarForce
 
@@ -132,17 +133,8 @@ def _check_constrained_bonds(system: openmm.System, mlset: set) -> None:
     """With interpolation the lambda = 0 end is the MM description of the ML region; once its
     constraints are removed, only a bond term keeps a constrained pair bonded there. A System
     built with constraints=HBonds (and flexibleConstraints=False) has none for its X-H bonds."""
-    have = set()
-    for f in system.getForces():
-        if isinstance(f, openmm.HarmonicBondForce):
-            for k in range(f.getNumBonds()):
-                i, j = f.getBondParameters(k)[:2]
-                have.add((min(i, j), max(i, j)))
-    bare = []
-    for k in range(system.getNumConstraints()):
-        i, j, _ = system.getConstraintParameters(k)
-        if i in mlset and j in mlset and (min(i, j), max(i, j)) not in have:
-            bare.append((i, j))
+    have = bond_term_pairs(system)
+    bare = [p for p in constrained_pairs(system, mlset) if p not in have]
     if bare:
         raise ValueError(
             f"{len(bare)} constraints between ML atoms (e.g. {bare[:3]}) have no bond term in the "
