@@ -131,3 +131,16 @@ def test_level_validation():
     with pytest.raises(ValueError, match="spin"):
         single_point([1], [[0, 0, 0]], np.zeros((0, 3)), np.zeros(0), level=TINY_LEVEL)
     assert Level().describe() == "B3LYP-D3BJ/def2-svp with density fitting (def2-universal-jkfit)"
+
+
+def test_a_broken_qm_region_is_refused_before_dft():
+    from mlpolar.data.qmmm import check_qm_region_whole, label_configuration
+    ring = np.array([[0.0, 0.0, 0.0], [0.14, 0.0, 0.0], [0.07, 0.12, 0.0], [0.07, 0.04, 0.1]])
+    check_qm_region_whole(ring)
+    check_qm_region_whole(ring[:1])          # one atom: nothing to check
+    far = ring.copy()
+    far[3] += [0.0, 0.0, 2.0]                 # a hydrogen 2 nm away from its molecule
+    with pytest.raises(ValueError, match=r"QM atoms \[3\].*not whole"):
+        check_qm_region_whole(far)
+    with pytest.raises(ValueError, match="not whole"):
+        label_configuration(far, None, np.zeros(4), [0, 1, 2, 3], [6, 6, 6, 1], np.arange(4))

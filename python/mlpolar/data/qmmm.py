@@ -305,6 +305,27 @@ def single_point(atomic_numbers, qm_positions_nm, mm_positions_nm, mm_charges, *
 
 
 # ----------------------------------------------------------------------------- one configuration
+MAX_NEIGHBOUR_NM = 0.25
+
+
+def check_qm_region_whole(qm_positions_nm: np.ndarray, max_neighbour_nm: float = MAX_NEIGHBOUR_NM) -> None:
+    """Refuse a QM region with an atom farther than ``max_neighbour_nm`` from every other QM atom:
+    a molecule split by periodic wrapping or an atom that left its molecule (a bond without a
+    bond term) would otherwise be labelled as a radical pair, at full DFT cost."""
+    x = np.asarray(qm_positions_nm, dtype=np.float64)
+    if len(x) < 2:
+        return
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = d.min(axis=1)
+    far = np.flatnonzero(nearest > max_neighbour_nm)
+    if far.size:
+        raise ValueError(f"QM atoms {far[:5].tolist()} are {nearest[far[:5]].round(3).tolist()} nm "
+                         f"from their nearest QM neighbour (> {max_neighbour_nm} nm): the QM region is "
+                         "not whole (a molecule split across the box, or an atom that left its "
+                         "molecule); check the sampling (unwrapped positions, bond terms)")
+
+
 def label_configuration(positions_nm, box_nm, charges, qm_indices, atomic_numbers,
                         residue_of_atom, *, radius_nm: float = 1.2,
                         level: Level = PRODUCTION_LEVEL, qm_charge: int = 0,
@@ -312,6 +333,7 @@ def label_configuration(positions_nm, box_nm, charges, qm_indices, atomic_number
     """Select the MM charges around the QM region of one configuration and run
     :func:`single_point`. Returns the single-point dict plus qm/mm indices and positions."""
     qm = np.asarray(qm_indices, dtype=np.int64)
+    check_qm_region_whole(np.asarray(positions_nm, dtype=np.float64)[qm])
     mm_idx, mm_pos = select_mm_charges(positions_nm, box_nm, charges, qm, residue_of_atom,
                                        radius_nm)
     qm_pos = np.asarray(positions_nm, dtype=np.float64)[qm]
