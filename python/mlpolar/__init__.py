@@ -1,5 +1,13 @@
 """mlpolar: polarisable machine-learned potentials with electrostatic embedding for OpenMM."""
+import warnings
+
 from ._library import cuda_available, library_path
+
+# Model files are TorchScript on purpose (openmm-torch's TorchForce loads them). torch >= 2.10
+# warns on every torch.jit.save/load that TorchScript is deprecated, which tells our users
+# nothing they can act on; only those two messages are silenced.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.(load|save)` is deprecated",
+                        category=FutureWarning)
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,6 @@ state dict's parameter names. Loading returns the scripted module; `load_model(.
 the Python model from the configuration and the archive's weights (for training).
 """
 import json
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -33,14 +32,6 @@ def save_model(model, path: Union[str, Path]) -> None:
     torch.jit.save(scripted, str(path), _extra_files={_EXTRA: json.dumps(meta)})
 
 
-def _jit_load(path: Path, map_location, extra: dict):
-    # The model file is TorchScript on purpose (openmm-torch's TorchForce loads it); torch 2.14
-    # warns that torch.jit.load is deprecated on every call, which says nothing to our users.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=FutureWarning)
-        return torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
-
-
 def read_metadata(path: Union[str, Path]) -> dict:
     """The JSON header of a model file (format version, config, units), without building the model."""
     path = Path(path)
@@ -48,7 +39,7 @@ def read_metadata(path: Union[str, Path]) -> dict:
         raise ValueError(f"no model file at {path}")
     extra = {_EXTRA: ""}
     try:
-        _jit_load(path, "cpu", extra)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as err:  # torch raises RuntimeError subclasses for damaged archives
         raise ValueError(f"{path} is not a readable MLPolar model file (corrupted or not a TorchScript archive): "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -80,7 +71,7 @@ def load_model(path: Union[str, Path], map_location: Optional[Union[str, torch.d
         raise ValueError(f"no model file at {path}")
     extra = {_EXTRA: ""}
     try:
-        scripted = _jit_load(path, map_location, extra)
+        scripted = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except Exception as err:
         raise ValueError(f"{path} is not a readable MLPolar model file (corrupted or not a TorchScript archive): "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
