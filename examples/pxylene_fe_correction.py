@@ -30,7 +30,8 @@ LEGS = {"complex": "t4l99a_pxylene_water", "solvent": "pxylene_water"}
 
 
 def equilibrated_leg(name, out, args):
-    prep = prepare_system(LEGS[name])
+    # the complex in a rhombic dodecahedron (1 nm padding): 25k atoms instead of the cube's 36k
+    prep = prepare_system(LEGS[name], **({"box_shape": args.box_shape} if name == "complex" else {}))
     # bond terms for the ligand's X-H constraints: the lambda = 0 (MM) end needs them when the
     # ML region runs without constraints (--ml-constraints remove)
     add_constrained_bond_terms(prep.system, prep.ligand_indices)
@@ -58,6 +59,8 @@ def main():
     ap.add_argument("--legs", default="complex,solvent")
     ap.add_argument("--ml-constraints", choices=("keep", "remove"), default="keep",
                     help="constraints between ML atoms (see mlpolar md --help)")
+    ap.add_argument("--box-shape", choices=("dodecahedron", "cube"), default="dodecahedron",
+                    help="water box of the complex leg")
     ap.add_argument("--mm-steps", type=int, default=25_000, help="MM NPT equilibration steps")
     ap.add_argument("--lambdas", type=int, default=6)
     ap.add_argument("--samples", type=int, default=100)
@@ -76,7 +79,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.output)
     names = [x for x in args.legs.split(",") if x]
-    legs = {n: equilibrated_leg(n, out, args) for n in names}
+    # the campaign's settings are checked before the (long) MM equilibration of the legs
     cfg = FEConfig(lambdas=list(np.linspace(0, 1, args.lambdas)), n_samples=args.samples,
                    steps_per_sample=args.steps_per_sample,
                    equilibration_steps=args.equilibration_steps, minimise=False,
@@ -84,6 +87,8 @@ def main():
                    switching_steps=args.switching_steps,
                    switch_equilibration_steps=args.equilibration_steps,
                    platform=args.platform, seed=args.seed, progress=not args.no_progress)
+    cfg.validate()
+    legs = {n: equilibrated_leg(n, out, args) for n in names}
     res = run_fe(legs, out / "campaign", cfg, scheduler=args.scheduler, n_workers=args.workers,
                  difference=("complex", "solvent") if len(legs) == 2 else None)
     print(format_table(res))
