@@ -45,4 +45,5 @@ def test_train_mlpolar_and_evaluate_saved_model(make_config, tmp_path):
     a = predict(model, c, head)
     b = predict(t.eval_model, c, head)
     torch.testing.assert_close(a["energy"], b["energy"])
-    torch.testing.assert_close(a["qm_forces"], b["qm_forces"])
+    # the scripted graph may sum in another order than eager autograd (seen: 2e-7 relative)
+    torch.testing.assert_close(a["qm_forces"], b["qm_forces"], rtol=1e-6, atol=1e-5)

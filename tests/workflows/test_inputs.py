@@ -66,7 +66,7 @@ def test_pdb_and_forcefield_input(water_pdb):
     pdb = app.PDBFile(str(water_pdb))
     ref = app.ForceField("amber14-all.xml", "amber14/tip3p.xml").createSystem(
         pdb.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.7 * u.nanometer,
-        constraints=app.HBonds)
+        constraints=app.HBonds, flexibleConstraints=True)   # as load_input builds it
     assert inp.system.getNumConstraints() == ref.getNumConstraints() == 3 * 129
     assert _energy(inp.system, inp.positions) == pytest.approx(_energy(ref, pdb.positions),
                                                                rel=1e-9)
