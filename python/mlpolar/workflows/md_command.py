@@ -67,13 +67,14 @@ def _run(a) -> int:
         if ml is None:
             raise UsageError("choose the ML region with --ml-resname, --ml-indices or "
                              "--ml-selection (or run --mm-only)")
-        from .ml_region import default_model_name, make_ml_system
+        from mlpolar.models import default_name
+        from .ml_region import make_ml_system
         system = make_ml_system(inp.topology, inp.system, ml, a.model, a.charge, a.multiplicity,
                                 interpolate=a.lam is not None, ml_constraints=a.ml_constraints)
         if a.lam is not None:
             params["lambda_interpolate"] = a.lam
         print(f"[mlpolar md] {label}: {inp.n_atoms} atoms, ML region {len(ml)} atoms, "
-              f"model {a.model or default_model_name() + ' (shipped default)'}")
+              f"model {a.model or default_name() + ' (shipped default)'}")
     out = Path(a.output or f"md-{label}")
     res = run_md(inp.topology, system, inp.positions, out, cfg, box_vectors=inp.box_vectors,
                  context_parameters=params, stop_after_steps=a.max_steps_this_run,

@@ -22,15 +22,10 @@ import numpy as np
 import openmm
 import openmm.app as app
 
-from mlpolar.models import DEFAULT_NAME, default_name
+from mlpolar.models import DEFAULT_NAME
 
 FIXED_CHARGE = "fixed-charge"
 ML_CONSTRAINTS = ("keep", "remove")
-
-
-def default_model_name() -> str:
-    """The shipped model used when none is named (mlpolar.models.default_name)."""
-    return default_name()
 
 
 def resolve_model(model: Optional[str], system: Optional[openmm.System] = None,
@@ -43,8 +38,9 @@ def resolve_model(model: Optional[str], system: Optional[openmm.System] = None,
         from mlpolar.models.fixed_charge import FixedChargeModel
         return FixedChargeModel.from_system(system, ml_atoms)
     from mlpolar.models import model_path
-    name = default_model_name() if model in (None, DEFAULT_NAME) else model
-    path = model_path(name)  # ValueError naming the shipped models if it is neither
+    # "default" (or None) resolves to the shipped default; a clear error naming the shipped
+    # models for anything else that is not a file
+    path = model_path(DEFAULT_NAME if model is None else model)
     if check_only:
         return None
     import mlpolar
