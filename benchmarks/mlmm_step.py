@@ -7,16 +7,20 @@ atoms: whole molecules, as link atoms are not supported yet).
 Models: the fixed-charge model (mlpolar.models.fixed_charge, the force field's own ML-region
 terms) and a small untrained MLPolar (mlpolar.model) when it can run the configuration.
 
-    PYTHONPATH=python python benchmarks/mlmm_step.py --steps 5 --out benchmarks/results/mlmm_step_cpu.csv
+    PYTHONPATH=python python benchmarks/mlmm_step.py --steps 5 --threads 1   # -> results/mlmm_step_cpu_1thread.csv
     PYTHONPATH=python python benchmarks/mlmm_step.py --threads 1 --features 1e-5,5e-4   # mm_features alone
 
 Electrostatic embedding runs the model's ML-MM long range at the NonbondedForce's
 ewaldErrorTolerance (MLPolarForce's default; openmmtools builds these systems at 1e-5, OpenMM's
 ForceField.createSystem would use 5e-4: --ewald-tolerance); --embedding-tolerance sets another value.
 
-Writes one CSV row per (system, method, model) as it goes; rows already in the CSV are skipped, so
-an interrupted run resumes. Timings: wall-clock ms per VerletIntegrator step (0.5 fs) after one
-warm-up step, CPU platform (CUDA platform and ns/day when a GPU is present).
+Writes one CSV row per (system, method, model) as it goes; rows already in the CSV (same platform
+and threads) are skipped, so an interrupted run resumes. The default file name follows the settings
+(benchmarks/results/mlmm_step_<platform>_<threads>thread[_ewald<tol>][_embedding<tol>].csv), so a
+run with other settings starts its own file; a CSV whose header is not this script's columns (an
+older version's) is refused rather than appended to. Timings: wall-clock ms per VerletIntegrator
+step (0.5 fs) after one warm-up step, CPU platform (CUDA platform, with the models on the GPU, and
+ns/day when a GPU is present).
 """
 import argparse
 import csv
@@ -84,6 +88,52 @@ def time_steps(system, positions, steps, platform, threads=None):
     return ms, cpu_ms, 0.5e-6 * 86400e3 / ms   # ns/day at 0.5 fs
 
 
+def pick_platform() -> str:
+    """CUDA when both torch and OpenMM can use a GPU, else CPU."""
+    names = {openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())}
+    return "CUDA" if torch.cuda.is_available() and "CUDA" in names else "CPU"
+
+
+def models_for_platform(models: dict, platform: str) -> dict:
+    """The models on the device that matches the OpenMM platform: on CUDA the model runs on the GPU
+    (MLPolarForce runs the model where it lives; a CPU model under the CUDA platform would time
+    host-device copies and a CPU model, not the GPU path). CPU: unchanged."""
+    if platform != "CUDA":
+        return models
+    return {name: m.to(torch.device("cuda")) for name, m in models.items()}
+
+
+def _short(x: float) -> str:
+    """5e-4 -> '5e-4', 1.5e-05 -> '1.5e-5' (as in the cited file names)."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def default_out(platform: str, threads: int, ewald_tolerance=None, embedding_tolerance=None) -> Path:
+    """The results file for these settings (the naming of the files docs/performance.md cites)."""
+    name = f"mlmm_step_{platform.lower()}_{threads}thread"
+    if ewald_tolerance is not None:
+        name += f"_ewald{_short(ewald_tolerance)}"
+    if embedding_tolerance is not None:
+        name += f"_embedding{_short(embedding_tolerance)}"
+    return Path("benchmarks/results") / f"{name}.csv"
+
+
+def rows_done(out: Path, platform: str, threads: int) -> set:
+    """(system, method, model) already measured in `out` on this platform with these threads. A file
+    whose header is not FIELDS is refused (SystemExit naming both headers): appending would put
+    rows under the wrong columns, and skipping its rows would measure nothing."""
+    if not out.exists() or out.stat().st_size == 0:
+        return set()
+    with out.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != FIELDS:
+            raise SystemExit(f"{out} has the columns {reader.fieldnames}, not this script's {FIELDS} (a file "
+                             "from an older version); pass --out with a new file name, or move that file away")
+        return {(r["system"], r["method"], r["model"]) for r in reader
+                if r["platform"] == platform and r["threads"] == str(threads)}
+
+
 def tiny_mlpolar():
     from mlpolar.model import MLPolar, MLPolarConfig
     torch.manual_seed(0)
@@ -144,7 +194,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", nargs="+", default=["alanine_dipeptide_water", "cb7_b2_water", "dhfr_jac"])
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--out", default="benchmarks/results/mlmm_step_cpu.csv")
+    p.add_argument("--out", default=None,
+                   help="CSV file (default: benchmarks/results/mlmm_step_<platform>_<threads>thread[_ewald<tol>]"
+                        "[_embedding<tol>].csv)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and OpenMM CPU threads (1 makes the CPU-time column robust on a shared machine)")
     p.add_argument("--ewald-tolerance", type=float, default=None,
@@ -161,14 +213,14 @@ def main():
         time_features(args.systems, [float(v) for v in args.features.split(",")])
         return
     from openmmml import MLPotential
-    platform = "CUDA" if torch.cuda.is_available() else "CPU"
-    out = Path(args.out)
+    platform = pick_platform()
+    threads = torch.get_num_threads()
+    out = Path(args.out) if args.out else default_out(platform, threads, args.ewald_tolerance,
+                                                      args.embedding_tolerance)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        with out.open() as f:
-            done = {(r["system"], r["method"], r["model"]) for r in csv.DictReader(f)}
-    new = not out.exists()
+    done = rows_done(out, platform, threads)
+    print(f"writing {out} ({len(done)} rows already measured there are skipped)", flush=True)
+    new = not out.exists() or out.stat().st_size == 0
     with out.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         if new:
@@ -181,6 +233,7 @@ def main():
                 models["mlpolar-tiny"] = tiny_mlpolar()
             except ImportError as e:
                 print(f"mlpolar.model not importable ({e}); fixed-charge model only")
+            models = models_for_platform(models, platform)
             runs = [("mm", "-", None)]
             for mname in models:
                 runs += [("mechanical", mname, "mechanical"), ("electrostatic", mname, "electrostatic")]
@@ -206,7 +259,7 @@ def main():
                     ms = cpu_ms = nsday = float("nan")
                     note = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"
                 row = dict(system=name, atoms=n, ml_atoms=len(ml), method=method, model=mname, platform=platform,
-                           threads=torch.get_num_threads(), ms_per_step=f"{ms:.1f}", cpu_ms_per_step=f"{cpu_ms:.1f}", ns_per_day=f"{nsday:.4f}",
+                           threads=threads, ms_per_step=f"{ms:.1f}", cpu_ms_per_step=f"{cpu_ms:.1f}", ns_per_day=f"{nsday:.4f}",
                            embedding_tolerance=tolerance, note=note)
                 writer.writerow(row)
                 f.flush()

@@ -21,4 +21,15 @@ if [ -z "${CUDA_HOME:-}" ]; then
   done
 fi
 python -m pip install -q --no-build-isolation -e .
-python -c "import mlpolar; print('mlpolar', mlpolar.__version__, 'library', mlpolar.library_path())"
+# pip -q hides the build's own "CPU-only build" message: say here what was built
+python - <<'PY'
+import torch
+import mlpolar
+built = torch._C._dispatch_has_kernel_for_dispatch_key("mlpolar::multipole_field", "CUDA")
+print("mlpolar", mlpolar.__version__, "library", mlpolar.library_path())
+if built:
+    print("CUDA kernels: built;", "GPU visible, in use" if mlpolar.cuda_available() else "no GPU visible here")
+else:
+    print("CUDA kernels: NOT built (CPU-only build: torch", torch.__version__, "cuda", torch.version.cuda,
+          "- needs a CUDA build of torch and nvcc via CUDA_HOME, /usr/local/cuda or PATH)")
+PY

@@ -239,6 +239,77 @@ def nonbonded_coulomb_reference(modeller, forcefield, cutoff=0.9, ewald_toleranc
     )
 
 
+def nonbonded_point_charges(positions, charges, box, cutoff=0.9, ewald_tolerance=1e-5, exclusions=None):
+    """Coulomb PME energy/forces of point charges from NonbondedForce (Reference platform, double)
+    at OpenMM's own choice of (alpha, grid) for ``ewald_tolerance``; exclusions as mlpolar's.
+
+    OpenMM subtracts an excluded pair's reciprocal-space part at the *raw* displacement r_j − r_i
+    (no minimum image), mlpolar at the minimum image (docs/electrostatics_api.md).  To give OpenMM
+    the same system, sites are moved by lattice vectors (the periodic system is unchanged) so that
+    every excluded pair's raw displacement is its minimum image: each group of sites linked by
+    exclusions is walked from one site, placing each partner at the image nearest the site it
+    was reached from; a placement that leaves some pair off its minimum image raises.  Returns energy (kJ/mol), forces [N,3] (kJ/mol/nm), alpha
+    (1/nm) and grid (nx, ny, nz) as OpenMM reports them (the Reference platform does not round
+    the grid to FFT-friendly sizes).
+    """
+    import openmm as mm
+    from openmm import unit
+
+    pos = np.array(positions, dtype=np.float64)
+    box = np.asarray(box, dtype=np.float64)
+    pairs = [] if exclusions is None else [(int(i), int(j)) for i, j in np.asarray(exclusions)]
+    inv = np.linalg.inv(box)
+
+    def minimum_image(d):
+        # the reduced box's nearest image is among the rounded shift and its neighbours
+        base = d - np.round(d @ inv) @ box
+        shifts = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]) @ box
+        cand = base[None] + shifts
+        return cand[np.argmin((cand ** 2).sum(1))]
+
+    partners = {}
+    for i, j in pairs:
+        partners.setdefault(i, []).append(j)
+        partners.setdefault(j, []).append(i)
+    placed = set()
+    for root in partners:
+        if root in placed:
+            continue
+        placed.add(root)
+        todo = [root]
+        while todo:
+            i = todo.pop()
+            for j in partners[i]:
+                if j not in placed:
+                    pos[j] = pos[i] + minimum_image(pos[j] - pos[i])
+                    placed.add(j)
+                    todo.append(j)
+    for i, j in pairs:
+        if not np.allclose(pos[j] - pos[i], minimum_image(pos[j] - pos[i]), rtol=0, atol=1e-12):
+            raise ValueError(f"nonbonded_point_charges: excluded pair ({i}, {j}) cannot be placed at its "
+                             "minimum image together with the others")
+    system = mm.System()
+    nb = mm.NonbondedForce()
+    nb.setNonbondedMethod(mm.NonbondedForce.PME)
+    nb.setCutoffDistance(cutoff)
+    nb.setEwaldErrorTolerance(ewald_tolerance)
+    nb.setUseDispersionCorrection(False)
+    for q in np.asarray(charges):
+        system.addParticle(1.0)
+        nb.addParticle(float(q), 0.1, 0.0)
+    for i, j in pairs:
+        nb.addException(i, j, 0.0, 0.1, 0.0)  # chargeProd 0: the pair does not interact
+    system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*map(float, row)) for row in box])
+    system.addForce(nb)
+    ctx = mm.Context(system, mm.VerletIntegrator(1e-3), mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(pos)
+    st = ctx.getState(getEnergy=True, getForces=True)
+    alpha, nx, ny, nz = nb.getPMEParametersInContext(ctx)
+    return dict(energy=st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole),
+                forces=np.array(st.getForces().value_in_unit(unit.kilojoule_per_mole / unit.nanometer)),
+                alpha=float(alpha), grid=(int(nx), int(ny), int(nz)))
+
+
 # ----------------------------------------------------------------------------------------------
 # OpenMM AmoebaMultipoleForce (permanent point multipoles)
 # ----------------------------------------------------------------------------------------------

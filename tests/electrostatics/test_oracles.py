@@ -19,7 +19,8 @@ Agreement measured when these tests were written (CPU, float64): NonbondedForce 
 1.18e-8 in energy and forces (i.e. only the Coulomb constant); AMOEBA NoCutoff 1.18e-8; AMOEBA
 PME 2e-7 (energy) / 2e-6 (forces, odd grid of the triclinic box; AMOEBA's PME uses Tinker's
 alias-corrected B-spline moduli, see oracles.py) and 1e-8 forces on even grids; graph_longrange
-≲2e-8 energy / ≲2e-7 forces (periodic, PME_TOL) and ≲1e-8 (open).
+≲4e-9 energy / ≲2.3e-7 forces (periodic, PME_TOL, PME and the direct reciprocal sum alike) and
+≲1e-8 (open).
 """
 import math
 import os
@@ -296,27 +297,34 @@ PME_TOL = 1e-7
 PME_ORDER_DIPOLES = 8
 
 
+# Both reciprocal methods: at 30 sites "auto" picks the direct sum, so PME is compared with
+# graph_longrange only when asked for explicitly.
+@pytest.mark.parametrize("reciprocal", ["pme", "ewald"])
 @pytest.mark.parametrize("include_self", [False, True])
 @pytest.mark.parametrize("with_dipoles", [False, True])
-def test_graph_longrange_periodic(GaussianMultipoles, device, with_dipoles, include_self):
+def test_graph_longrange_periodic(GaussianMultipoles, device, with_dipoles, include_self, reciprocal):
     """Neutral cubic cell: graph_longrange's plain k-space sum (k_c σ = 6, converged to ~1e-15:
-    k_c σ = 8 changes it by 2e-15) vs Ewald/PME."""
+    k_c σ = 8 changes it by 2e-15) vs Ewald with PME and with the direct reciprocal sum."""
     pos, q, mu = _gl_sites()
     mu = mu if with_dipoles else None
     box = np.eye(3) * 2.0
     w = torch.full((len(q),), SIGMA, dtype=DT)
     ref, fref = _gl_energy_forces(pos, q, mu, sigma_nm=SIGMA, box_nm=box, include_self=include_self)
     elec = GaussianMultipoles(cutoff=0.9, tolerance=PME_TOL, include_self=include_self,
-                              order=PME_ORDER_DIPOLES if with_dipoles else 5)
+                              order=PME_ORDER_DIPOLES if with_dipoles else 5, reciprocal=reciprocal)
+    assert elec.reciprocal_plan(len(q), _t(box, "cpu"), *elec.parameters(_t(box, "cpu"))[:2])[0] == \
+        (reciprocal == "ewald")
     e, f = _mlpolar_energy_forces(elec, device, pos, q, dipoles=mu, widths=w, box=box)
     assert _rel(e, ref) < GL_TOL, (e, ref)
     assert _force_rel(f, fref) < GL_TOL
 
 
-def test_graph_longrange_periodic_net_charge(GaussianMultipoles, device):
+@pytest.mark.parametrize("reciprocal", ["pme", "ewald"])
+def test_graph_longrange_periodic_net_charge(GaussianMultipoles, device, reciprocal):
     """Net charge: graph_longrange drops k = 0 with no correction, which *is* the energy of the
     Gaussians plus a uniform neutralising background (zero mean potential).  mlpolar's background
-    term for Gaussians, −πQ²/(2Vα²) + (2π/V) Q Σ q_i σ_i², must make it agree (and independent of α)."""
+    term for Gaussians, −πQ²/(2Vα²) + (2π/V) Q Σ q_i σ_i², must make it agree (and independent of α,
+    which differs between the cutoffs and between PME and the direct sum's raised cutoff)."""
     pos, q, _ = _gl_sites(neutral=False)
     q = q + 0.3 / len(q)  # make sure |Q| is not small
     box = np.eye(3) * 2.0
@@ -326,8 +334,8 @@ def test_graph_longrange_periodic_net_charge(GaussianMultipoles, device):
     (phi_ref,) = torch.autograd.grad(ref, qg)  # dE/dq_i: the potential at i, background included
     for cutoff in (0.8, 0.9):
         qm = q.to(device).requires_grad_(True)
-        e = GaussianMultipoles(cutoff=cutoff, tolerance=PME_TOL).energy(pos.to(device), qm, widths=w.to(device),
-                                                                     box=_t(box, device))
+        e = GaussianMultipoles(cutoff=cutoff, tolerance=PME_TOL, reciprocal=reciprocal).energy(
+            pos.to(device), qm, widths=w.to(device), box=_t(box, device))
         (phi,) = torch.autograd.grad(e, qm)
         assert _rel(e, ref) < GL_TOL, (cutoff, float(e), float(ref), float(q.sum()))
         assert _force_rel(phi.cpu().numpy(), phi_ref.numpy()) < GL_TOL, cutoff

@@ -1,7 +1,18 @@
 """Fixtures of the OpenMM-layer tests (helpers in mlmm_cases.py)."""
 import pytest
+import torch
 
 from mlmm_cases import Case
+
+
+@pytest.fixture(scope="module")
+def mlpolar_model():
+    """A small random MLPolar (H, C, N, O; float64) for the OpenMM-layer tests."""
+    pytest.importorskip("mlpolar.model")
+    from mlpolar.model import MLPolar, MLPolarConfig
+    torch.manual_seed(0)
+    return MLPolar(MLPolarConfig(elements=[1, 6, 7, 8], channels=8, layers=1, radial_basis=4,
+                                 contraction_channels=4)).double()
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,22 @@ def state_values(ctx, parameters=None, groups=-1):
             s.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer), derivs)
 
 
+def assert_forces_match_fd(ctx, positions, forces, atoms, components, h, rtol, atol, group=1):
+    """Central differences of the Context energy of force group `group` against `forces` for the
+    given atoms and Cartesian components (nm steps of h)."""
+    for atom in atoms:
+        for k in components:
+            x = positions.copy()
+            x[atom, k] += h
+            ctx.setPositions(x)
+            Ep = state_values(ctx, groups={group})[0]
+            x[atom, k] -= 2 * h
+            ctx.setPositions(x)
+            Em = state_values(ctx, groups={group})[0]
+            fd = -(Ep - Em) / (2 * h)
+            assert abs(fd - forces[atom, k]) < rtol * abs(forces[atom, k]) + atol, (atom, k, fd, forces[atom, k])
+
+
 def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4, switch_nm=None):
     """Alanine dipeptide (openmmtools data) in a small cubic TIP3P box, Amber14, PME, flexible solute,
     rigid water, Lennard-Jones switched from `switch_nm` (None: hard cutoff), minimised with the MM

@@ -17,12 +17,8 @@ from test_force import _direct, _grouped
 
 
 @pytest.fixture(scope="module")
-def model():
-    pytest.importorskip("mlpolar.model")
-    from mlpolar.model import MLPolar, MLPolarConfig
-    torch.manual_seed(0)
-    return MLPolar(MLPolarConfig(elements=[1, 6, 7, 8], channels=8, layers=1, radial_basis=4,
-                                 contraction_channels=4)).double()
+def model(mlpolar_model):
+    return mlpolar_model
 
 
 def _with_tolerance(system, tolerance):

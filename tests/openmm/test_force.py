@@ -12,7 +12,7 @@ import torch
 
 from mlpolar.openmm import LAMBDA, MLPolarForce, create_mixed_system
 
-from mlmm_cases import context, evaluate, state_values
+from mlmm_cases import assert_forces_match_fd, context, evaluate, state_values
 
 
 def _grouped(mixed):
@@ -66,18 +66,8 @@ def test_forces_match_finite_differences(case, h, request):
     d = np.linalg.norm(c.positions - c.positions[c.ml_atoms[8]], axis=1)
     mm_near = [int(i) for i in np.argsort(d) if int(i) not in set(c.ml_atoms)][0]
     components = [0, 1, 2] if case == "open_water" else [1]
-    for atom in [c.ml_atoms[8], mm_near]:
-        for k in components:
-            x = c.positions.copy()
-            x[atom, k] += h
-            ctx.setPositions(x)
-            Ep = state_values(ctx, groups={1})[0]
-            x[atom, k] -= 2 * h
-            ctx.setPositions(x)
-            Em = state_values(ctx, groups={1})[0]
-            fd = -(Ep - Em) / (2 * h)
-            assert abs(F[atom, k]) > 1.0
-            assert abs(fd - F[atom, k]) < 1e-3 * abs(F[atom, k]) + 0.05, (atom, k, fd, F[atom, k])
+    assert all(abs(F[atom, k]) > 1.0 for atom in [c.ml_atoms[8], mm_near] for k in components)
+    assert_forces_match_fd(ctx, c.positions, F, [c.ml_atoms[8], mm_near], components, h, 1e-3, 0.05)
 
 
 @pytest.fixture
@@ -145,15 +135,6 @@ def test_openmmml_route_gives_the_same_system(solvated, interpolate):
 
 
 # ---- the MLPolar model (issue 4); its MM path waits for issue 3's mm_features ----------------
-
-@pytest.fixture(scope="module")
-def mlpolar_model():
-    pytest.importorskip("mlpolar.model")
-    from mlpolar.model import MLPolar, MLPolarConfig
-    torch.manual_seed(0)
-    return MLPolar(MLPolarConfig(elements=[1, 6, 7, 8], channels=8, layers=1, radial_basis=4,
-                                 contraction_channels=4)).double()
-
 
 def _vacuum_direct(model, c):
     species = torch.tensor([a.element.atomic_number for a in c.topology.atoms()])
@@ -301,3 +282,55 @@ def test_mlpolar_model_electrostatic_embedding(solvated, mlpolar_model):
         Em = state_values(ctx, groups={1})[0]
         fd = -(Ep - Em) / (2 * h)
         assert abs(fd - F[atom, 1]) < 2e-3 * abs(F[atom, 1]) + 0.05, (atom, fd, F[atom, 1])
+
+
+@pytest.fixture(scope="module")
+def droplet():
+    """Alanine dipeptide with the waters whose oxygen lies within 0.5 nm of it (openmmtools' solvated
+    coordinates), Amber14/TIP3P without cutoff and without a box: a small open-boundary ML/MM system."""
+    from openmmtools.testsystems import AlanineDipeptideExplicit
+    from mlmm_cases import Case
+    t = AlanineDipeptideExplicit(constraints=None)
+    x = np.asarray(t.positions.value_in_unit(u.nanometer))
+    peptide = [a.index for a in t.topology.atoms() if a.residue.name != "HOH"]
+    far = []
+    for r in t.topology.residues():
+        if r.name == "HOH":
+            o = next(a.index for a in r.atoms() if a.element.symbol == "O")
+            if np.linalg.norm(x[peptide] - x[o], axis=1).min() > 0.5:
+                far.append(r)
+    modeller = app.Modeller(t.topology, t.positions)
+    modeller.delete(far)
+    modeller.topology.setPeriodicBoxVectors(None)
+    ff = app.ForceField("amber14-all.xml", "amber14/tip3p.xml")
+    system = ff.createSystem(modeller.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
+
+    class T:
+        pass
+    d = T()
+    d.topology, d.system, d.positions = modeller.topology, system, modeller.positions
+    return Case(d)
+
+
+def test_mlpolar_model_open_boundaries_cpu_platform(droplet, mlpolar_model):
+    """MLPolar with electrostatic embedding without a box (MM charges within the model's mm_cutoff,
+    switched) on the CPU platform: the Context's energy and forces equal a direct model call, the MM
+    atoms feel the ML region, and central differences of the Context energy match the forces on an
+    ML atom and on its nearest MM atom."""
+    c = droplet
+    assert not c.system.usesPeriodicBoundaryConditions() and 30 < c.system.getNumParticles() - len(c.ml_atoms) < 300
+    mixed = _grouped(create_mixed_system(c.topology, c.system, c.ml_atoms, mlpolar_model))
+    ctx = context(mixed, c.positions, "CPU")
+    E, F, _ = state_values(ctx, groups={1})
+    E_ref, F_ref = _direct(c, mlpolar_model, periodic=False)
+    assert abs(E - E_ref) <= 1e-9 * abs(E_ref) + 1e-9
+    np.testing.assert_allclose(F, F_ref, rtol=0, atol=1e-8 * np.abs(F_ref).max())
+    mm = [i for i in range(len(F)) if i not in set(c.ml_atoms)]
+    assert np.abs(F[mm]).max() > 0.1
+    # the embedding changes the energy (the MM charges reach the model)
+    vacuum = MLPolarForce(mlpolar_model, c.ml_atoms, c.system, topology=c.topology, embed=False)
+    assert abs(vacuum.evaluator.evaluate(torch.tensor(c.positions), None)[0].item() - E) > 1e-3
+    d = np.linalg.norm(c.positions - c.positions[c.ml_atoms[8]], axis=1)
+    mm_near = [int(i) for i in np.argsort(d) if int(i) not in set(c.ml_atoms)][0]
+    h = 1e-4
+    assert_forces_match_fd(ctx, c.positions, F, (c.ml_atoms[8], mm_near), range(3), h, 1e-4, 1e-3)

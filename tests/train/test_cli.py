@@ -49,6 +49,23 @@ def test_train_then_evaluate(make_config, store_path, tmp_path, monkeypatch, cap
         png = tmp_path / "eval" / f"pxylene_water_8_parity_{name}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"
 
+    # --split: each store's part of the run's split, as the run's own metrics.json has it
+    assert main(["evaluate", str(run / "checkpoint.pt"), "--split", str(run / "split.json"),
+                 "--part", "test", "--out", "eval_split"]) == 0
+    capsys.readouterr()
+    split = json.loads((run / "split.json").read_text())
+    n_test = len(split["stores"][0]["test"]) + sum(len(s.get("test_file", [])) for s in split["stores"])
+    got = json.loads((tmp_path / "eval_split" / "metrics.json").read_text())
+    assert sum(v["n_configurations"] for v in got.values()) == n_test
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    inner = got[split["stores"][0]["path"]]   # the first entry; the held-out copy is "[2]"
+    assert inner["n_configurations"] == run_metrics["test"]["n_configurations"]
+    assert abs(inner["energy_mae_kcal"] - run_metrics["test"]["energy_mae_kcal"]) < 1e-9
+    with pytest.raises(ValueError, match="--part 'tset'"):
+        main(["evaluate", str(run / "checkpoint.pt"), "--split", str(run / "split.json"), "--part", "tset"])
+    with pytest.raises(ValueError, match="--split and --indices"):
+        main(["evaluate", str(run / "checkpoint.pt"), "--split", str(run / "split.json"), "--indices", "0:2"])
+
 
 def test_bad_config_is_a_clear_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("run_dir: r\ndata: {train: []}\n")

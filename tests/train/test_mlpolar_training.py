@@ -47,3 +47,42 @@ def test_train_mlpolar_and_evaluate_saved_model(make_config, tmp_path):
     torch.testing.assert_close(a["energy"], b["energy"])
     # the scripted graph may sum in another order than eager autograd (seen: 2e-7 relative)
     torch.testing.assert_close(a["qm_forces"], b["qm_forces"], rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(not _mm_path_available(),
+                    reason="MLPolar's MM embedding (issue 3 operator) is not wired in this build")
+def test_init_from_a_model_file(make_config, tmp_path):
+    """model.init may name a save_model file (a shipped model): the new run has the file's
+    architecture, weights and energy zero, so it predicts what the file predicts before training."""
+    from mlpolar.model import save_model
+    torch.manual_seed(0)
+    base = MLPolar(MLPolarConfig(elements=[1, 6], heads=["b3lyp-d3bj/def2-svp"], **SMALL)).double()
+    with torch.no_grad():
+        base.reference_energy[0] = torch.tensor([-1.6e3, -1.0e5], dtype=torch.float64)
+    save_model(base, tmp_path / "base.pt")
+    cfg = make_config(run="tuned", epochs=1, batch_size=3)
+    cfg["model"] = {"init": str(tmp_path / "base.pt")}
+    tuned = Trainer(cfg)
+    assert tuned.model_spec["factory"] == "mlpolar.train.models:mlpolar"
+    assert tuned.reference["b3lyp-d3bj/def2-svp"] == [-1.6e3, -1.0e5]
+    c = tuned.data["val"][0]
+    a = predict(base, c, "b3lyp-d3bj/def2-svp")
+    b = predict(tuned.model, c, "b3lyp-d3bj/def2-svp")
+    torch.testing.assert_close(a["energy"], b["energy"])
+    torch.testing.assert_close(a["qm_forces"], b["qm_forces"])
+    tuned.train()
+    assert float(predict(tuned.eval_model, c, "b3lyp-d3bj/def2-svp")["energy"]) != float(a["energy"])
+
+
+def test_init_names_a_shipped_model(make_config, tmp_path):
+    """model.init: default resolves to the shipped model (not a path next to the config)."""
+    from mlpolar.models import available, model_path
+    from mlpolar.train.config import load_config
+    cfg = make_config(run="tuned")
+    cfg["model"] = {"init": "default"}
+    assert load_config(cfg)["model"]["init"] == "default"
+    if available():
+        init = Trainer._read_init("default")
+        assert init["model_spec"]["kwargs"]["elements"] == [1, 6]
+        assert set(init["reference"]) == {"b3lyp-d3bj/def2-svp"}
+        assert model_path("default").is_file()

@@ -8,6 +8,7 @@ Conventions in multipoles.py; units nm, kJ/mol, e. The real-space part and self/
 corrections run in the compiled operators; the reciprocal part is smooth PME (pme.py).
 """
 import math
+import operator
 from typing import List, Optional, Tuple
 
 import torch
@@ -18,6 +19,26 @@ from .ewald_parameters import ewald_parameters
 from .multipoles import multipole_degree, parity, receiver_coefficients, split_derivatives
 from .ewald_sum import ewald_reciprocal_field, ewald_sum_cutoff, ewald_sum_size
 from .pme import reciprocal_energy, reciprocal_field
+
+
+def _real(x) -> float:
+    """x as a float, NaN when it is not a number (so that a range check fails)."""
+    if isinstance(x, (bool, str)):
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError, RuntimeError):
+        return math.nan
+
+
+def _integer(x) -> Optional[int]:
+    """x as an int when it is an integer (Python, NumPy or 0-d torch), else None; 8.0 is not."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
 
 
 class GaussianMultipoles(torch.nn.Module):
@@ -45,23 +66,34 @@ class GaussianMultipoles(torch.nn.Module):
                  grid: Optional[List[int]] = None, order: Optional[int] = None, include_self: bool = False,
                  reciprocal: str = "auto"):
         super().__init__()
+        # every argument checked here, before any work, each error naming its argument
         if reciprocal not in ("auto", "pme", "ewald"):
             raise ValueError(f"reciprocal must be 'auto', 'pme' or 'ewald', got {reciprocal!r}")
-        if not cutoff > 0:
-            raise ValueError(f"cutoff must be positive (nm), got {cutoff}")
-        if not 0 < tolerance < 0.5:
-            raise ValueError(f"tolerance must be in (0, 0.5), got {tolerance}")
-        if order is not None and (order < 5 or order > 10):
-            raise ValueError(f"order must be between 5 and 10 (B-spline order of PME), got {order}")
-        if alpha is not None and not alpha > 0:
-            raise ValueError(f"alpha must be positive (1/nm), got {alpha}")
-        if grid is not None and (len(grid) != 3 or min(grid) < (order or 8)):
-            raise ValueError(f"grid must be three sizes of at least the spline order ({order or 8}), got {grid}")
+        if not (_real(cutoff) > 0 and math.isfinite(_real(cutoff))):
+            raise ValueError(f"cutoff must be a positive number (nm), got {cutoff!r}")
+        if not 0 < _real(tolerance) < 0.5:
+            # OpenMM's rule alpha = sqrt(-ln(2 tolerance)) / cutoff needs 2 tolerance < 1
+            raise ValueError(f"tolerance must be in (0, 0.5) (relative error), got {tolerance!r}")
+        if order is not None and not 5 <= (_integer(order) or 0) <= 10:
+            raise ValueError(f"order must be an integer from 5 to 10 (B-spline order of PME), got {order!r}")
+        if alpha is not None and not (_real(alpha) > 0 and math.isfinite(_real(alpha))):
+            raise ValueError(f"alpha must be a positive number (1/nm), got {alpha!r}")
+        sizes: Optional[List[int]] = None
+        if grid is not None:
+            least = _integer(order) or 8
+            try:
+                found = [_integer(k) for k in grid]
+            except TypeError:  # not a sequence
+                found = []
+            if len(found) != 3 or any(k is None or k < least for k in found):
+                raise ValueError(f"grid must be three integer sizes of at least the spline order ({least}), "
+                                 f"got {grid!r}")
+            sizes = [int(k) for k in found if k is not None]
         self.cutoff = float(cutoff)
         self.tolerance = float(tolerance)
-        self.alpha = alpha
-        self.grid = None if grid is None else [int(g) for g in grid]
-        self.order = None if order is None else int(order)
+        self.alpha = None if alpha is None else float(alpha)
+        self.grid = sizes
+        self.order = None if order is None else _integer(order)
         self.include_self = bool(include_self)
         self.reciprocal = reciprocal
         self.coulomb = ONE_4PI_EPS0   # an attribute: TorchScript does not read module-level floats

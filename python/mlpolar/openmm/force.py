@@ -55,6 +55,15 @@ def _model_device_dtype(model):
     return device, dtype
 
 
+def _normalised_device(device) -> torch.device:
+    """torch.device(device), with a bare 'cuda' made the current GPU ('cuda:0'): a model moved with
+    model.to('cuda') has its tensors on 'cuda:0', and device='cuda' means that same GPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class _ModelEvaluator:
     """The PythonForce computation: State -> (energy kJ/mol, forces [N, 3] kJ/mol/nm).
 
@@ -166,14 +175,67 @@ def check_embedding_tolerance(value) -> Optional[float]:
     return value
 
 
+def model_cutoff(model, periodic: bool) -> Optional[float]:
+    """The ML-MM cutoff (nm) the model applies under these boundary conditions: with a box the real-space
+    cutoff of its ML-MM Ewald sum (``mm_ewald_cutoff``; older models: ``mm_cutoff``), without one the
+    range of MM charges it embeds (``mm_cutoff``). None for a model that declares neither."""
+    value = getattr(model, "mm_ewald_cutoff", None) if periodic else None
+    if value is None:
+        value = getattr(model, "mm_cutoff", None)
+    return None if value is None else float(value)
+
+
+def check_cutoff(cutoff, model, periodic: bool) -> Optional[float]:
+    """`cutoff` (nm, or an OpenMM length) must be the model's own ML-MM cutoff, or None.
+
+    The cutoff is a property of the model, not a runtime setting like ``embedding_tolerance``: the
+    model's forward takes no cutoff (it sits in the model's MM-embedding module), and under open
+    boundaries it is the range of MM charges the model was trained with. So the argument is a check
+    that the model is the one the caller means, with the way to build another in the error."""
+    if cutoff is None:
+        return None
+    if isinstance(cutoff, u.Quantity):
+        if not cutoff.unit.is_compatible(u.nanometer):
+            raise TypeError(f"cutoff must be a length (nm, or an OpenMM Quantity in length units), got {cutoff}")
+        cutoff = cutoff.value_in_unit(u.nanometer)
+    if isinstance(cutoff, bool) or not isinstance(cutoff, Real):
+        raise TypeError(f"cutoff must be a length in nm (or an OpenMM length Quantity) or None for the model's own, "
+                        f"got {type(cutoff).__name__}")
+    cutoff = float(cutoff)
+    if not (math.isfinite(cutoff) and cutoff > 0.0):
+        raise ValueError(f"cutoff must be a positive length in nm, got {cutoff}; leave it None for the model's own")
+    own = model_cutoff(model, periodic)
+    if own is None:
+        raise ValueError(f"cutoff={cutoff} nm was given but the model ({type(model).__name__}) declares no ML-MM "
+                         "cutoff (no mm_cutoff attribute) to check it against; leave cutoff=None")
+    if not math.isclose(cutoff, own, rel_tol=1e-9, abs_tol=1e-12):
+        if periodic:
+            name = "mm_ewald_cutoff" if getattr(model, "mm_ewald_cutoff", None) is not None else "mm_cutoff"
+            how = ("under a box it only splits the ML-MM Ewald sum (the sum does not depend on it beyond the "
+                   "tolerance), so the same weights serve: m = mlpolar.load_model(path, eager=True); "
+                   f"other = mlpolar.model.MLPolar(dataclasses.replace(m.config, mm_ewald_cutoff={cutoff}))"
+                   ".to(m.reference_energy.dtype); "
+                   "other.load_state_dict(m.state_dict()), and pass `other`")
+        else:
+            name = "mm_cutoff"
+            how = ("without a box it is the range of MM charges the model was trained with: train a model with "
+                   f"MLPolarConfig(mm_cutoff={cutoff}, ...)")
+        raise ValueError(f"cutoff={cutoff} nm differs from the model's ML-MM cutoff {name} = {own} nm for this "
+                         f"{'periodic' if periodic else 'non-periodic'} System. The cutoff is part of the model (its "
+                         f"forward takes no cutoff), so MLPolarForce cannot override it: leave cutoff=None (or pass "
+                         f"{own}), or use a model built with cutoff {cutoff} nm; {how}")
+    return own
+
+
 def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True,
-                      embedding_tolerance=None):
+                      embedding_tolerance=None, cutoff=None):
     """Check the inputs and build the evaluator (shared by both backends and by tests)."""
     if not isinstance(system, openmm.System):
         raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module following the mlpolar model interface, got "
                         f"{type(model).__name__}; load one with mlpolar.load_model")
+    check_cutoff(cutoff, model, system.usesPeriodicBoundaryConditions())
     explicit_tolerance = check_embedding_tolerance(embedding_tolerance)
     if explicit_tolerance is not None and not accepts_mm_tolerance(model):
         raise ValueError(f"embedding_tolerance={explicit_tolerance} was given but the model's forward takes no "
@@ -190,6 +252,15 @@ def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topolog
     mlset = set(atoms)
     mm_atoms, mm_q = [], []
     if nb is not None and embed:
+        # The model gets the MM charges once, here; a charge offset (addParticleParameterOffset) on an MM
+        # atom would change its charge with a global parameter in the NonbondedForce but not in the model.
+        for k in range(nb.getNumParticleParameterOffsets()):
+            parameter, a, q_scale = nb.getParticleParameterOffset(k)[:3]
+            if a not in mlset and q_scale != 0.0:
+                raise ValueError(f"NonbondedForce particle parameter offset {k} (global parameter {parameter!r}, "
+                                 f"chargeScale {q_scale}) changes the charge of MM atom {a}, but the model sees "
+                                 "the MM charges as fixed numbers read from the NonbondedForce; remove the offset "
+                                 "or fold the charge you want into the particle's charge (setParticleParameters)")
         for i in range(n):
             if i in mlset:
                 continue
@@ -209,9 +280,10 @@ def prepare_evaluator(model, ml_atoms, system, charge=0, multiplicity=1, topolog
     if periodic and cutoff is not None:
         checks.check_cutoff_box(float(cutoff), system, "the model's ML–MM Ewald cutoff (mm_ewald_cutoff)")
     model_device, dtype = _model_device_dtype(model)
+    model_device = _normalised_device(model_device)
     if device is None:
         device = model_device
-    device = torch.device(device)
+    device = _normalised_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"the model is on {device} but torch sees no CUDA device here; move it with "
                          "model.to('cpu') or run where a GPU is available")
@@ -244,28 +316,38 @@ class MLPolarForce(openmm.PythonForce):
             the MM charges, passed to it as ``mm_tolerance``). None: the System's NonbondedForce
             ewaldErrorTolerance, so that ML-MM electrostatics are as accurate as the force field's
             MM-MM. The model's ML-ML terms keep their own tolerance.
+        cutoff: the ML-MM cutoff (nm or an OpenMM length), checked against the model's own (under a
+            box its ``mm_ewald_cutoff``, else ``mm_cutoff``): the cutoff belongs to the model (its
+            forward takes none), so a different value is refused with the way to build a model with
+            that cutoff. None (default): the model's.
 
     The electrostatic embedding is complete only if the System no longer counts ML-involving
     electrostatics, ML-ML Lennard-Jones and intra-ML bonded terms: use create_mixed_system.
     """
 
     def __new__(cls, model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None,
-                backend="python", embed=True, embedding_tolerance=None):
+                backend="python", embed=True, embedding_tolerance=None, cutoff=None):
         if backend not in ("python", "torch"):
             raise ValueError(f"backend must be 'python' or 'torch', got {backend!r}")
         if backend == "torch":
             return _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
-                                embedding_tolerance)
+                                embedding_tolerance, cutoff)
         return super().__new__(cls)
 
     def __init__(self, model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None,
-                 backend="python", embed=True, embedding_tolerance=None):
+                 backend="python", embed=True, embedding_tolerance=None, cutoff=None):
         evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
-                                      embedding_tolerance)
+                                      embedding_tolerance, cutoff)
         super().__init__(evaluator, {})
         self.setUsesPeriodicBoundaryConditions(evaluator.periodic)
         self.setName("MLPolarForce")
         self.evaluator = evaluator
+        self._cutoff = model_cutoff(model, evaluator.periodic)
+
+    def getCutoff(self) -> Optional[float]:
+        """The model's ML-MM cutoff in nm for this System (mm_ewald_cutoff under a box, mm_cutoff
+        without one; None for a model that declares none)."""
+        return self._cutoff
 
     def getEmbeddingTolerance(self) -> Optional[float]:
         """The tolerance the model's ML-MM long range runs at (None: the model's own default, for
@@ -321,11 +403,11 @@ class _TorchForceModuleTolerance(_TorchForceModule):
 
 
 def torchforce_module(model, ml_atoms, system, charge=0, multiplicity=1, topology=None, device=None, embed=True,
-                      embedding_tolerance=None):
+                      embedding_tolerance=None, cutoff=None):
     """The TorchScript module that backend="torch" hands to openmmtorch.TorchForce (same checks as
     MLPolarForce); needs a TorchScript-able model."""
     evaluator = prepare_evaluator(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
-                                  embedding_tolerance)
+                                  embedding_tolerance, cutoff)
     wrapper = _TorchForceModule if evaluator.mm_tolerance is None else _TorchForceModuleTolerance
     try:
         return torch.jit.script(wrapper(model, evaluator)), evaluator
@@ -333,13 +415,14 @@ def torchforce_module(model, ml_atoms, system, charge=0, multiplicity=1, topolog
         raise RuntimeError(f"backend='torch' needs a TorchScript-able model; scripting failed: {e}") from e
 
 
-def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed, embedding_tolerance):
+def _torch_force(model, ml_atoms, system, charge, multiplicity, topology, device, embed, embedding_tolerance,
+                 cutoff=None):
     ok, message = torchforce_status()
     if not ok:
         raise RuntimeError("backend='torch' is not available: " + message)
     import openmmtorch
     module, evaluator = torchforce_module(model, ml_atoms, system, charge, multiplicity, topology, device, embed,
-                                          embedding_tolerance)
+                                          embedding_tolerance, cutoff)
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(evaluator.periodic)
     force.setName("MLPolarForce")

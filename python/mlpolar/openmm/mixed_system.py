@@ -5,13 +5,16 @@ What the MM System keeps and loses (the model adds back everything it loses):
   ``removeBonds``, the same rule as its mechanical embedding);
 - NonbondedForce: every ML-ML pair excluded (Coulomb and LJ); the ML atoms' charges set to zero so
   that neither real space nor PME sees them (ML-MM Coulomb gone, including periodic images);
-  ML-MM Lennard-Jones kept; MM-MM unchanged;
-- CustomNonbondedForce: ML-ML pairs excluded.
+  ML-MM Lennard-Jones kept; MM-MM unchanged; parameter offsets: the charge part of the ML atoms'
+  particle offsets and all of the ML-ML exception offsets zeroed (ML-MM exception offsets that
+  scale a charge product are refused, like ML-MM exceptions with a charge product);
+- CustomNonbondedForce (CHARMM NBFIX, LJ tables, ...): ML-ML pairs excluded (with interpolate, the
+  lambda = 0 term carries a copy restricted to the ML-ML pairs, so that lambda = 0 is the MM System).
 MLPolarForce then computes the ML energy with all electrostatics involving the ML atoms.
 
 With ``interpolate=True`` the System carries the global parameter ``lambda_interpolate``:
 
-    E(lambda) = E_common + lambda * (E_model + E_NB,mixed) + (1 - lambda) * (E_bonded,ML + E_NB,MM)
+    E(lambda) = E_common + lambda * (E_model + E_NB,mixed) + (1 - lambda) * (E_bonded,ML + E_NB,MM + E_CNB,ML-ML)
 
 through two CustomCVForces (the mixed and the original NonbondedForce are both collective
 variables, as in openmm-ml's InterpolationHelper, so interpolation costs a second NonbondedForce
@@ -38,7 +41,7 @@ LAMBDA = "lambda_interpolate"
 def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms, model, charge: int = 0,
                         multiplicity: int = 1, interpolate: bool = False, remove_constraints: bool = True,
                         force_group: int = 0, device=None, backend: str = "python",
-                        embedding_tolerance=None) -> openmm.System:
+                        embedding_tolerance=None, cutoff=None) -> openmm.System:
     """A new System for ML/MM with electrostatic embedding (see the module docstring).
 
     Args:
@@ -51,8 +54,9 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
             interpolate, every such constraint needs a bond term in the System for the MM end
             (createSystem(flexibleConstraints=True)); a clear error otherwise.
         force_group: force group of the MLPolarForce (or of the interpolating CustomCVForce).
-        device, backend, embedding_tolerance: passed to MLPolarForce (embedding_tolerance None: the
-            ML-MM long range at the NonbondedForce's ewaldErrorTolerance).
+        device, backend, embedding_tolerance, cutoff: passed to MLPolarForce (embedding_tolerance None:
+            the ML-MM long range at the NonbondedForce's ewaldErrorTolerance; cutoff: checked against
+            the model's ML-MM cutoff, None: the model's).
     """
     if not isinstance(topology, app.Topology):
         raise TypeError(f"topology must be an openmm.app.Topology, got {type(topology).__name__}")
@@ -68,7 +72,7 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
     # All checks of the force (elements, charge/multiplicity, link bonds, cutoff vs box, device) run
     # before the System surgery.
     force = MLPolarForce(model, atoms, system, charge, multiplicity, topology=topology, device=device,
-                         backend=backend, embedding_tolerance=embedding_tolerance)
+                         backend=backend, embedding_tolerance=embedding_tolerance, cutoff=cutoff)
     force.setForceGroup(force_group)
     mlset = set(atoms)
     nb0 = checks.nonbonded_force(system, True, "")
@@ -78,6 +82,15 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
             raise ValueError(f"NonbondedForce exception {k} between ML atom and MM atom ({i}, {j}) has a nonzero "
                              "charge product; the model treats every ML-MM pair as a full Coulomb interaction, so "
                              "such scaled pairs cannot be represented: move both atoms to one region")
+    for k in range(nb0.getNumExceptionParameterOffsets()):
+        parameter, e, qq_scale = nb0.getExceptionParameterOffset(k)[:3]
+        i, j = nb0.getExceptionParameters(e)[:2]
+        if (i in mlset) != (j in mlset) and qq_scale != 0.0:
+            raise ValueError(f"NonbondedForce exception parameter offset {k} (global parameter {parameter!r}, "
+                             f"chargeProdScale {qq_scale}) changes the charge product of the ML-MM exception {e} "
+                             f"({i}, {j}); the model treats every ML-MM pair as a full Coulomb interaction, so a "
+                             "scaled ML-MM charge product cannot be represented: remove the offset (or set its "
+                             "chargeProdScale to 0 with setExceptionParameterOffset), or move both atoms to one region")
 
     mixed = mlutil.removeBonds(system, topology, atoms, True)
     for f in mixed.getForces():
@@ -90,6 +103,21 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
                 for y in range(x):
                     f.addException(atoms[x], atoms[y], 0.0, 1.0, 0.0, True)
             # ML-MM exceptions (LJ-only by the check above) keep their LJ; their charge product is 0
+            # Parameter offsets (addParticleParameterOffset / addExceptionParameterOffset, e.g. alchemical
+            # charge scaling) would put charge back on the ML atoms, or Coulomb and LJ back on ML-ML
+            # pairs, whenever their global parameter is nonzero: the model owns those interactions here.
+            # So the charge part of an ML atom's offset is zeroed (its LJ part stays: ML-MM LJ is kept), and
+            # ML-ML exception offsets are zeroed entirely. With interpolate=True the MM end keeps the
+            # original NonbondedForce, offsets included. ML-MM exception offsets were checked above.
+            for k in range(f.getNumParticleParameterOffsets()):
+                parameter, a, q_scale, sigma_scale, epsilon_scale = f.getParticleParameterOffset(k)
+                if a in mlset and q_scale != 0.0:
+                    f.setParticleParameterOffset(k, parameter, a, 0.0, sigma_scale, epsilon_scale)
+            for k in range(f.getNumExceptionParameterOffsets()):
+                parameter, e = f.getExceptionParameterOffset(k)[:2]
+                i, j = f.getExceptionParameters(e)[:2]
+                if i in mlset and j in mlset:
+                    f.setExceptionParameterOffset(k, parameter, e, 0.0, 0.0, 0.0)
         elif isinstance(f, openmm.CustomNonbondedForce):
             mlutil.addCustomNonbondedExclusions(f, atoms)
     if remove_constraints:
@@ -117,6 +145,14 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         if hasattr(f, "addBond") or hasattr(f, "addAngle") or hasattr(f, "addTorsion"):
             mm_names.append(f"bonded{len(mm_names)}")
             mm_forces.append(copy.deepcopy(f))
+    # The shared part keeps each CustomNonbondedForce with its ML-ML pairs excluded (the model owns
+    # them at lambda = 1); the MM end gets those pairs back from a copy restricted to them.
+    for f in system.getForces():
+        if isinstance(f, openmm.CustomNonbondedForce):
+            ml_pairs = _ml_ml_part(f, atoms)
+            if ml_pairs is not None:
+                mm_names.append(f"customnonbonded{len(mm_names)}")
+                mm_forces.append(ml_pairs)
     mm_term = openmm.CustomCVForce(f"(1-{LAMBDA})*({'+'.join(mm_names)})")
     for name, f in zip(mm_names, mm_forces):
         mm_term.addCollectiveVariable(name, f)
@@ -127,6 +163,31 @@ def create_mixed_system(topology: app.Topology, system: openmm.System, ml_atoms,
         term.setName(name)
         mixed.addForce(term)
     return mixed
+
+
+def _ml_ml_part(force: openmm.CustomNonbondedForce, atoms) -> openmm.CustomNonbondedForce | None:
+    """A copy of `force` that computes only its ML-ML pairs (None if it has none).
+
+    The same expression, parameters, tabulated functions, cutoff, switch and exclusions, so that
+    (force with ML-ML pairs excluded) + (this copy) is the original force pair by pair. The copy
+    has no long-range (dispersion) correction: OpenMM computes that correction from the particle
+    parameters and interaction groups while ignoring exclusions, so the force with ML-ML pairs
+    excluded already carries the original correction in full, and a second one here would count
+    the ML-ML tail twice at lambda = 0."""
+    ml = set(atoms)
+    part = copy.deepcopy(force)
+    part.setUseLongRangeCorrection(False)
+    if part.getNumInteractionGroups() == 0:
+        part.addInteractionGroup(ml, ml)
+        return part
+    # groups of the original: keep each one's ML-ML pairs (an emptied group computes nothing)
+    kept = 0
+    for k in range(part.getNumInteractionGroups()):
+        a, b = part.getInteractionGroupParameters(k)
+        a, b = set(a) & ml, set(b) & ml
+        part.setInteractionGroupParameters(k, a, b)
+        kept += bool(a and b)
+    return part if kept else None
 
 
 def _check_constrained_bonds(system: openmm.System, mlset: set) -> None:

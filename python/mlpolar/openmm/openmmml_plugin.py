@@ -69,13 +69,13 @@ class MLPolarPotentialImpl(MLPotentialImpl):
         if embedding != EMBEDDING:
             raise ValueError(f"unknown mlpolar embedding {embedding!r}; use {EMBEDDING!r} or openmm-ml's generic "
                              "'mechanical'")
-        unknown = set(args) - {"backend", "embedding_tolerance"}
+        unknown = set(args) - {"backend", "embedding_tolerance", "cutoff"}
         if unknown:
             raise ValueError(f"unknown options {sorted(unknown)} for embedding {EMBEDDING!r}")
         mixed = create_mixed_system(topology, system, atoms, self.model, charge=charge, multiplicity=multiplicity,
                                     interpolate=interpolate, force_group=forceGroup, device=self.device,
                                     backend=args.get("backend", "python"),
-                                    embedding_tolerance=args.get("embedding_tolerance"))
+                                    embedding_tolerance=args.get("embedding_tolerance"), cutoff=args.get("cutoff"))
         if returnInfo:
             return dict(system=mixed, topology=topology, oldToNew=list(range(topology.getNumAtoms())))
         return mixed

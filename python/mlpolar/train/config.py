@@ -16,8 +16,9 @@ DEFAULTS = {
     "model": {
         "factory": "mlpolar.train.models:mlpolar",   # "module:callable"; called with **kwargs
         "kwargs": {},           # 'elements' and 'heads' are filled in from the data if absent
-        "init": None,           # a training checkpoint: a new run starts from its architecture,
-                                # (EMA) weights and reference energies (fine-tuning)
+        "init": None,           # a training checkpoint, a model file or a shipped model name
+                                # ("default"): a new run starts from its architecture, (EMA)
+                                # weights and reference energies (fine-tuning)
     },
     "data": {
         "train": [],            # [{path, head, indices (list or 'a:b'), repeat}] (all but path optional)
@@ -78,11 +79,19 @@ def load_config(path_or_dict) -> dict:
     def res(x):
         return str(x) if Path(x).is_absolute() else str((base_dir / x).resolve())
     cfg["run_dir"] = res(cfg["run_dir"])
-    if cfg["model"]["init"] is not None:
-        cfg["model"]["init"] = res(cfg["model"]["init"])
+    init = cfg["model"]["init"]
+    # a path relative to the config file, else a shipped model's name ("default") as it is
+    if init is not None and (Path(init).is_absolute() or (base_dir / init).exists()
+                             or not _is_shipped_name(init)):
+        cfg["model"]["init"] = res(init)
     for part in ("train", "test"):
         cfg["data"][part] = [{**d, "path": res(d["path"])} for d in cfg["data"][part]]
     return cfg
+
+
+def _is_shipped_name(name) -> bool:
+    from ..models import DEFAULT_NAME, available
+    return isinstance(name, str) and (name == DEFAULT_NAME or name in available())
 
 
 def validate(cfg: dict) -> None:
@@ -97,7 +106,8 @@ def validate(cfg: dict) -> None:
     init = cfg["model"]["init"]
     if init is not None:
         if not isinstance(init, (str, os.PathLike)):
-            raise ValueError(f"model.init={init!r} must be the path of a training checkpoint")
+            raise ValueError(f"model.init={init!r} must be the path of a training checkpoint or "
+                             "model file, or a shipped model's name")
         if cfg["model"]["kwargs"]:
             raise ValueError("model.init and model.kwargs are both given: a run started from a "
                              "checkpoint has that checkpoint's architecture; remove model.kwargs")

@@ -104,6 +104,19 @@ def model_from_checkpoint(ckpt: dict, device="cpu", dtype=torch.float64, ema: bo
     return model, ref, ckpt["default_head"]
 
 
+def _init_from_model_file(path) -> dict:
+    """model.init from a save_model file: the architecture is its MLPolar configuration, the
+    weights and the per-head reference energies (the energy zero) are its parameters."""
+    from ..model.serialization import load_model, read_metadata
+    meta = read_metadata(path)
+    model = load_model(path, eager=True)
+    ref = model.reference_energy.detach().to(torch.float64)
+    return {"model_spec": {"factory": "mlpolar.train.models:mlpolar",
+                           "kwargs": dict(meta["config"])},
+            "model": model.state_dict(), "ema_model": None,
+            "reference": {h: ref[k].tolist() for k, h in enumerate(model.heads)}}
+
+
 class Trainer:
     """``Trainer(config).train()``; ``config``: a YAML path or dict (see :mod:`.config`)."""
 
@@ -201,21 +214,35 @@ class Trainer:
 
     @staticmethod
     def _read_init(path) -> Optional[dict]:
-        """The checkpoint named by model.init (read for a new run only; a resumed run has its
-        weights in its own checkpoint)."""
+        """What model.init names, as a checkpoint dict (read for a new run only; a resumed run
+        has its weights in its own checkpoint): a training checkpoint (checkpoint.pt, best.pt),
+        or a model file written by save_model / a shipped model's name, whose architecture,
+        weights and reference energies are all in the file."""
         if path is None:
             return None
+        from ..models import DEFAULT_NAME, available, model_path
+        if str(path) == DEFAULT_NAME or str(path) in available():
+            path = model_path(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.init={path} does not exist; give a checkpoint.pt or "
-                                    "best.pt written by 'mlpolar train'")
+                                    "best.pt written by 'mlpolar train', a model file, or a "
+                                    f"shipped model's name ({available()})")
+        from ..models import _is_torchscript
+        if _is_torchscript(Path(path)):
+            try:
+                return _init_from_model_file(path)
+            except ValueError as e:
+                raise ValueError(f"model.init={path}: {e}") from None
         try:
             init = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - a shipped (TorchScript) model or another file
-            raise ValueError(f"model.init={path} is not a training checkpoint ({e}); give a "
-                             "checkpoint.pt or best.pt written by 'mlpolar train'") from None
+        except Exception as e:  # noqa: BLE001 - an HDF5 store or another file
+            raise ValueError(f"model.init={path} is not a training checkpoint or model file "
+                             f"({e}); give a checkpoint.pt or best.pt written by 'mlpolar "
+                             "train', or a model file written by save_model") from None
         if not isinstance(init, dict) or init.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"model.init={path} is not a training checkpoint; give a "
-                             "checkpoint.pt or best.pt written by 'mlpolar train'")
+            raise ValueError(f"model.init={path} is not a training checkpoint or model file; give "
+                             "a checkpoint.pt or best.pt written by 'mlpolar train', or a model "
+                             "file written by save_model")
         return init
 
     # ------------------------------------------------------------------ data
