@@ -27,9 +27,11 @@ that case alone; on CUDA the peak is torch.cuda.max_memory_allocated.  Accuracy 
 against a common high-accuracy reference per (case, N):
 
   charges  OpenMM Reference platform PME, double precision, ewaldErrorTolerance 1e-7
+           (--ref-tolerance; at 100k atoms 1e-7 needs a 735^3 grid, use 1e-6 there)
   dipoles  an independent float64 Ewald sum done entirely in k-space (exact for Gaussians,
            truncated where exp(-k^2 sigma^2) < 2e-9), written in this file
-  above --ref-max-n: mlpolar-f64 at tolerance 1e-7 (a self-consistency check only, marked so)
+  above --ref-max-n: mlpolar-f64 at tolerance 1e-7 (--ref-tolerance; a self-consistency check
+           only, marked so)
 
 Timing: one warm-up call (its result is the one checked for accuracy), then at least --repeats
 calls, more for cheap cases until --min-time seconds; the median is reported, in wall-clock
@@ -42,7 +44,9 @@ CSV's params column.
 Usage (from the repository root):
 
   PYTHONPATH=python python benchmarks/electrostatics.py            # default, ~7-10 min on 2 cores
-  PYTHONPATH=python python benchmarks/electrostatics.py --sizes 1000,3000,10000,30000,100000
+  PYTHONPATH=python python benchmarks/electrostatics.py --sizes 1000,3000,10000,30000,100000 \
+      --ref-max-n charges=100000 --ref-tolerance 1e-6   # 1e-7 would need a 735^3 grid (several GB) at 100k
+  OMP_NUM_THREADS=1 PYTHONPATH=python python benchmarks/electrostatics.py --threads 1 ...   # CPU-time table
   PYTHONPATH=python python benchmarks/electrostatics.py --cases dipoles --sizes 10000 \
       --methods graph_longrange-f32 --max-peer-n graph_longrange=10000 --repeats 1   # ~14 GB
   PYTHONPATH=python python benchmarks/electrostatics.py --replot benchmarks/results/electrostatics_cpu.csv
@@ -150,6 +154,11 @@ def build_mlpolar(cfg, case, dtype_name, device, threads, tolerance=TOLERANCE):
     except TypeError:
         alpha, grid, order = elec.parameters(box, widths)
     info = dict(alpha=float(alpha), grid="x".join(str(int(g)) for g in grid), order=int(order))
+    plan = getattr(elec, "reciprocal_plan", None)            # reciprocal="auto" may skip PME
+    if plan is not None:
+        direct, rc, a_direct = plan(pos0.shape[0], box, alpha, grid)
+        if direct:
+            info.update(reciprocal="direct sum", cutoff=float(rc), alpha=float(a_direct), grid="-")
 
     def compute():
         pos = pos0.clone().requires_grad_(True)
@@ -212,8 +221,8 @@ def build_openmm(cfg, device, threads, platform_name=None, tolerance=TOLERANCE, 
     return compute, info
 
 
-def build_openmm_reference(cfg, device, threads):
-    return build_openmm(cfg, device, threads, platform_name="Reference", tolerance=1e-7,
+def build_openmm_reference(cfg, device, threads, tolerance=1e-7):
+    return build_openmm(cfg, device, threads, platform_name="Reference", tolerance=tolerance,
                         properties={})
 
 
@@ -297,7 +306,9 @@ def graph_longrange_kspace_cutoff(sigma_angstrom: float, max_l: int) -> float:
     return 1.5 * gto_basis_kspace_cutoff([sigma_angstrom, sigma_angstrom], max_l)
 
 
-def build_graph_longrange(cfg, case, dtype_name, device, threads):
+def build_graph_longrange(cfg, case, dtype_name, device, threads, kspace_cutoff=None):
+    """kspace_cutoff (1/A): graph_longrange's accuracy knob (k-vectors with |k| <= it are summed;
+    their number grows as its cube); None = PolarMACE's default heuristic."""
     torch = _torch_setup(device, threads)
     from graph_longrange.energy import GTOElectrostaticEnergy
     from graph_longrange.kspace import compute_k_vectors_flat
@@ -306,7 +317,7 @@ def build_graph_longrange(cfg, case, dtype_name, device, threads):
     if not np.allclose(cfg["widths"], cfg["widths"][0]) or sigma <= 0:
         raise ValueError("graph_longrange needs one common Gaussian width > 0")
     max_l = 1 if case == "dipoles" else 0
-    kcut = graph_longrange_kspace_cutoff(sigma, max_l)
+    kcut = graph_longrange_kspace_cutoff(sigma, max_l) if kspace_cutoff is None else float(kspace_cutoff)
     module = GTOElectrostaticEnergy(density_max_l=max_l, density_smearing_width=sigma,
                                     kspace_cutoff=kcut, include_self_interaction=False,
                                     pbc_handling="pbc").to(device=device, dtype=dtype)
@@ -446,17 +457,21 @@ def worker(spec):
     t_setup = time.perf_counter()
     if method.startswith("mlpolar-"):
         if method == "mlpolar-f64-tight":
-            compute, info = build_mlpolar(cfg, case, "f64", device, threads, tolerance=1e-7)
+            compute, info = build_mlpolar(cfg, case, "f64", device, threads,
+                                          tolerance=spec.get("ref_tolerance", 1e-7))
         else:
-            compute, info = build_mlpolar(cfg, case, method.split("-")[1], device, threads)
+            compute, info = build_mlpolar(cfg, case, method.split("-")[1], device, threads,
+                                          tolerance=spec.get("tolerance", TOLERANCE))
     elif method == "openmm":
         compute, info = build_openmm(cfg, device, threads)
     elif method == "openmm-reference":
-        compute, info = build_openmm_reference(cfg, device, threads)
+        compute, info = build_openmm_reference(cfg, device, threads,
+                                               tolerance=spec.get("ref_tolerance", 1e-7))
     elif method.startswith("torchpme-"):
         compute, info = build_torchpme(cfg, method.split("-")[1], device, threads, spec["tuned"])
     elif method.startswith("graph_longrange-"):
-        compute, info = build_graph_longrange(cfg, case, method.split("-")[1], device, threads)
+        compute, info = build_graph_longrange(cfg, case, method.split("-")[1], device, threads,
+                                              kspace_cutoff=spec.get("kspace_cutoff"))
     elif method == "kspace-reference":
         compute, info = build_kspace_reference(cfg, case, device, threads)
     else:
@@ -633,7 +648,10 @@ def main(argv=None):
                         "graph_longrange=10000)")
     p.add_argument("--ref-max-n", default="charges=30000,dipoles=10000",
                    help="largest N with an independent reference (int, or case=N,...); above "
-                        "it mlpolar-f64 at tolerance 1e-7 is the (self-consistency) reference")
+                        "it mlpolar-f64 at --ref-tolerance is the (self-consistency) reference")
+    p.add_argument("--ref-tolerance", type=float, default=1e-7,
+                   help="tolerance of the references (OpenMM Reference PME for charges, mlpolar-f64 "
+                        "above --ref-max-n); 1e-7 needs a 735^3 grid at 100k atoms, 1e-6 a 432^3 one")
     p.add_argument("--min-time", type=float, default=1.0,
                    help="cheap calls are repeated (up to 50) until this many seconds have passed")
     p.add_argument("--sigma", type=float, default=0.1, help="Gaussian width (nm) of the dipoles case")
@@ -711,17 +729,17 @@ def main(argv=None):
                 # reference
                 if n_actual <= ref_caps.get(case, 0):
                     ref_method = "openmm-reference" if case == "charges" else "kspace-reference"
-                    ref_label = ("OpenMM Reference PME tol 1e-7 (double)" if case == "charges"
+                    ref_label = (f"OpenMM Reference PME tol {args.ref_tolerance:g} (double)" if case == "charges"
                                  else f"float64 k-space Ewald sum (exp(-k^2 s^2) > 2e-9)")
                 else:
                     ref_method = "mlpolar-f64-tight"
-                    ref_label = "mlpolar-f64 tol 1e-7 (self-consistency only)"
+                    ref_label = f"mlpolar-f64 tol {args.ref_tolerance:g} (self-consistency only)"
                     if args.no_mlpolar:
                         ref_method, ref_label = None, "none"
                 ref = None
                 if ref_method:
                     spec = dict(case=case, method=ref_method, device=args.device, threads=args.threads,
-                                repeats=0, config=str(cfg_path), workdir=str(workdir),
+                                repeats=0, ref_tolerance=args.ref_tolerance, config=str(cfg_path), workdir=str(workdir),
                                 tag=f"{case}_{n}_ref", forces_out=str(workdir / f"F_{case}_{n}_ref.npy"))
                     t0 = time.perf_counter()
                     ref = run_worker(spec, args.timeout)
@@ -812,14 +830,28 @@ def report(rows, args, cmdline):
               f"{r['n_calls']:5d} {fmt(r.get('other_cpu'), '5.2f')}  {r['reference']}")
     # scaling exponents
     print()
+    # least-squares fit over all N and the end-to-end exponent log(t_last/t_first)/log(N_last/N_first),
+    # of the wall clock, the process CPU time (the robust one with --threads 1 on a shared machine)
+    # and the peak memory above the baseline (which includes a fixed part: the end-to-end slope in
+    # bytes per atom is the linear term)
     for case in sorted({r["case"] for r in rows}):
         for method in sorted({r["method"] for r in rows if r["case"] == case}):
-            pts = [(r["n"], r["median_s"]) for r in rows
-                   if r["case"] == case and r["method"] == method and r.get("status") == "ok"]
-            if len(pts) >= 2:
-                ns, ts = zip(*sorted(pts))
-                print(f"scaling exponent  {case:8s} {method:20s} t ~ N^{fit_exponent(ns, ts):.2f}"
-                      f"   (N = {ns[0]} .. {ns[-1]})")
+            ok = sorted((r for r in rows if r["case"] == case and r["method"] == method
+                         and r.get("status") == "ok"), key=lambda r: r["n"])
+            if len(ok) < 2:
+                continue
+            ns = [r["n"] for r in ok]
+            parts = []
+            for key, name in (("median_s", "wall"), ("median_cpu_s", "cpu"), (mem_col, "mem")):
+                vals = [r.get(key) for r in ok]
+                if any(v is None or not math.isfinite(float(v)) or float(v) <= 0 for v in vals):
+                    continue
+                end = math.log(vals[-1] / vals[0]) / math.log(ns[-1] / ns[0])
+                parts.append(f"{name} ~ N^{fit_exponent(ns, vals):.2f} (end-to-end {end:.2f})")
+                if name == "mem":
+                    parts.append(f"{(vals[-1] - vals[0]) * 2**20 / (ns[-1] - ns[0]):.0f} B/atom")
+            print(f"scaling exponent  {case:8s} {method:20s} " + ", ".join(parts)
+                  + f"   (N = {ns[0]} .. {ns[-1]})")
     if args.csv:
         path = Path(args.csv)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,18 @@ plus the MM bonded terms of the ML region to hold the molecule together).
 
     PYTHONPATH=python python benchmarks/mlmm_nve.py --steps 6000 --out benchmarks/results/mlmm_nve_cpu.csv
 
+``--system pxylene``: p-xylene in a 2.5 nm TIP3P box (1446 atoms) from the project's own
+preparation (mlpolar.data.systems.prepare_system("pxylene_water"), GAFF/AM1-BCC ligand), its
+System rebuilt without constraints on the ligand (every X-H bond free, with its GAFF bond term in
+the MM System), same PME/LJ/water/integrator settings, no CMMotionRemover (its first-step
+removal of the centre-of-mass kinetic energy would be a step in E - E0; see
+mlmm_cases.small_solvated_pxylene). Runs: ``mm``, ``fixed-charge`` and ``shipped``: ML/MM with the
+trained shipped model (``mlpolar.load_model("default")``, pxylene-t4l99a-v2) on the 18 ligand
+atoms, no MM bonded terms added back. Default output
+benchmarks/results/mlmm_nve_pxylene_cpu.csv (-> ``_mm.csv``, ``_shipped.csv``):
+
+    PYTHONPATH=python python benchmarks/mlmm_nve.py --system pxylene --runs mm,shipped --steps 10000 --every 50
+
 Each run is written to its own CSV (``<out stem>_<run>.csv``) when it finishes and skipped when
 present, so an interrupted benchmark resumes with the unfinished runs. The systems and the run are
 the helpers of tests/openmm (mlmm_cases.py): the CI test and this longer run are one experiment.
@@ -25,27 +37,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests" / "openmm"))
 
-from mlmm_cases import nve_run, small_solvated_dipeptide, tiny_mlpolar  # noqa: E402
+from mlmm_cases import nve_run, small_solvated_dipeptide, small_solvated_pxylene, tiny_mlpolar  # noqa: E402
 
-RUNS = ("mm", "fixed-charge", "mlpolar")
+SYSTEMS = {  # system: (runs, default --out)
+    "dipeptide": (("mm", "fixed-charge", "mlpolar"), "benchmarks/results/mlmm_nve_cpu.csv"),
+    "pxylene": (("mm", "fixed-charge", "shipped"), "benchmarks/results/mlmm_nve_pxylene_cpu.csv"),
+}
+RUNS = SYSTEMS["dipeptide"][0]
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", choices=tuple(SYSTEMS), default="dipeptide")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--every", type=int, default=40)
-    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {RUNS}")
-    p.add_argument("--out", default="benchmarks/results/mlmm_nve_cpu.csv")
+    p.add_argument("--runs", default=None,
+                   help="comma-separated subset of the system's runs (default all): "
+                        + "; ".join(f"{k}: {','.join(v[0])}" for k, v in SYSTEMS.items()))
+    p.add_argument("--out", default=None, help="default: " + "; ".join(f"{k}: {v[1]}" for k, v in SYSTEMS.items()))
     args = p.parse_args()
-    runs = [r for r in args.runs.split(",") if r]
-    bad = [r for r in runs if r not in RUNS]
+    allowed, default_out = SYSTEMS[args.system]
+    runs = [r for r in (args.runs or ",".join(allowed)).split(",") if r]
+    bad = [r for r in runs if r not in allowed]
     if bad:
-        p.error(f"--runs: unknown {bad}; choose from {RUNS}")
+        p.error(f"--runs: unknown for --system {args.system}: {bad}; choose from {allowed}")
     if args.steps < args.every or args.every < 1:
         p.error("--steps must be >= --every >= 1")
-    out = Path(args.out)
+    out = Path(args.out or default_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    case = small_solvated_dipeptide(switch_nm=0.8)
+    case = small_solvated_dipeptide(switch_nm=0.8) if args.system == "dipeptide" else small_solvated_pxylene()
     print(f"{case.system.getNumParticles()} atoms, {len(case.ml_atoms)} ML atoms, {args.steps} steps of 0.5 fs", flush=True)
     for run in runs:
         path = out.with_name(f"{out.stem}_{run}.csv")
@@ -58,6 +78,9 @@ def main():
         kw = dict(mlmm=run != "mm")
         if run == "mlpolar":
             kw.update(model=tiny_mlpolar(), keep_ml_bonded=True)
+        elif run == "shipped":
+            import mlpolar
+            kw.update(model=mlpolar.load_model("default"))   # trained; nothing holds the ligand but the model
         t, e, k = nve_run(case, args.steps, args.every, **kw)
         cpu_ms = 1000.0 * (time.process_time() - c0) / args.steps
         tmp = path.with_suffix(".tmp")

@@ -71,15 +71,19 @@ def small_solvated_dipeptide(box_nm=2.4, cutoff_nm=0.9, tolerance=5e-4, switch_n
     system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=cutoff_nm * u.nanometer,
                              constraints=None, rigidWater=True, ewaldErrorTolerance=tolerance,
                              **({} if switch_nm is None else dict(switchDistance=switch_nm * u.nanometer)))
+    return _minimised_case(modeller.topology, system, modeller.positions)
+
+
+def _minimised_case(topology, system, positions):
+    """A Case of `system` at its local energy minimum from `positions` (CPU platform)."""
     ctx = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("CPU"))
-    ctx.setPositions(modeller.positions)
+    ctx.setPositions(positions)
     openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 500)
-    positions = ctx.getState(getPositions=True).getPositions()
 
     class T:
         pass
     t = T()
-    t.topology, t.system, t.positions = modeller.topology, system, positions
+    t.topology, t.system, t.positions = topology, system, ctx.getState(getPositions=True).getPositions()
     return Case(t)
 
 
@@ -151,3 +155,42 @@ def nve_run(case, steps, report_every, dt_fs=0.5, temperature=300.0, platform="C
         total.append(ke + s.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
         kinetic.append(ke)
     return np.array(times), np.array(total), np.array(kinetic)
+
+
+def small_solvated_pxylene(box_nm=2.5, cutoff_nm=0.9, tolerance=5e-4, switch_nm=0.8, cache_dir=None,
+                          remove_cm_motion=False):
+    """p-xylene in a small cubic TIP3P box from the project's own preparation
+    (mlpolar.data.systems.prepare_system("pxylene_water", box_edge_nm=box_nm): GAFF/AM1-BCC ligand
+    from openmmtools' ligand.prmtop, TIP3P, neutral so no ions), its System rebuilt by the same
+    build_system with constraints=None: every ligand bond, X-H included, is free and has its GAFF
+    bond term; water rigid; PME with `cutoff_nm` at `tolerance`, Lennard-Jones switched from
+    `switch_nm` (None: hard cutoff); minimised with the MM force field. Returns a Case whose ML
+    region is the ligand (18 atoms, H and C). cache_dir: prepare_system's cache (None: its default,
+    the git-ignored data/systems).
+
+    remove_cm_motion=False drops createSystem's CMMotionRemover: velocities drawn at 300 K carry a
+    centre-of-mass kinetic energy (7.4 kJ/mol for nve_run's seed here) that the remover takes out
+    at the first step, outside the Hamiltonian, which would put a 7 kJ/mol step into E - E0 of an
+    NVE run. Without it the total momentum is conserved by the dynamics itself."""
+    from mlpolar.data.systems import build_system, make_forcefield, prepare_system
+    prepare_system("pxylene_water", cache_dir, box_edge_nm=box_nm)
+    # the call that prepares returns the Modeller's positions, later ones the cache's PDB positions
+    # (rounded to 0.001 A): always taking the cached ones gives every caller the same minimised start
+    prep = prepare_system("pxylene_water", cache_dir, box_edge_nm=box_nm)
+    ff, prmtop = make_forcefield()
+    system, _ = build_system(prep.topology, ff, prmtop, cutoff_nm=cutoff_nm, constraints=None)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*v) for v in prep.box_vectors])
+    if not remove_cm_motion:
+        for k in reversed(range(system.getNumForces())):
+            if isinstance(system.getForce(k), openmm.CMMotionRemover):
+                system.removeForce(k)
+    for f in system.getForces():
+        if isinstance(f, openmm.NonbondedForce):
+            f.setEwaldErrorTolerance(tolerance)
+            if switch_nm is not None:
+                f.setUseSwitchingFunction(True)
+                f.setSwitchingDistance(switch_nm)
+    assert system.getNumConstraints() == 3 * sum(r.name == "HOH" for r in prep.topology.residues())
+    case = _minimised_case(prep.topology, system, prep.positions * u.nanometer)
+    assert sorted(case.ml_atoms) == sorted(int(i) for i in prep.ligand_indices)
+    return case
