@@ -16,7 +16,7 @@ System rebuilt without constraints on the ligand (every X-H bond free, with its 
 the MM System), same PME/LJ/water/integrator settings, no CMMotionRemover (its first-step
 removal of the centre-of-mass kinetic energy would be a step in E - E0; see
 mlmm_cases.small_solvated_pxylene). Runs: ``mm``, ``fixed-charge`` and ``shipped``: ML/MM with the
-trained shipped model (``mlpolar.load_model("default")``, pxylene-t4l99a-v2) on the 18 ligand
+trained shipped model (``mlpolar.load_model("default")``; pxylene-t4l99a-v2 in the recorded run) on the 18 ligand
 atoms, no MM bonded terms added back. Default output
 benchmarks/results/mlmm_nve_pxylene_cpu.csv (-> ``_mm.csv``, ``_shipped.csv``):
 

@@ -16,7 +16,7 @@ from mlpolar.openmm.force import prepare_evaluator
 from test_force import _PointChargeModel
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = "pxylene-t4l99a-v2"
+SHIPPED = "pxylene-t4l99a-v3"
 
 
 def test_device_differs_from_the_models(vacuum):
@@ -53,8 +53,8 @@ def test_bare_cuda_means_the_models_gpu(vacuum):
 
 def test_shipped_model_loads():
     import mlpolar
-    if SHIPPED not in mlpolar.models.available():
-        pytest.skip(f"{SHIPPED} is not shipped in this checkout")
+    import mlpolar.models
+    assert SHIPPED in mlpolar.models.available(), "the shipped model changed: update SHIPPED"
     model = mlpolar.load_model(SHIPPED)
     assert list(model.elements) == [1, 6] and model.mm_cutoff > 0 and model.mm_ewald_cutoff > 0
 
@@ -95,8 +95,8 @@ def test_shipped_model_through_openmmml_entry_point_in_a_fresh_process():
     model called directly."""
     import mlpolar
     import openmmtools
-    if SHIPPED not in mlpolar.models.available():
-        pytest.skip(f"{SHIPPED} is not shipped in this checkout")
+    import mlpolar.models
+    assert SHIPPED in mlpolar.models.available(), "the shipped model changed: update SHIPPED"
     ligand = Path(openmmtools.__file__).parent / "data" / "T4-lysozyme-L99A-implicit" / "ligand.pdb"
     run = subprocess.run([sys.executable, "-c", _FRESH, SHIPPED, str(ligand)], capture_output=True, text=True,
                          env=_env(), timeout=300, cwd=str(ROOT))

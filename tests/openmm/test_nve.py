@@ -6,7 +6,7 @@ TIP3P box (Lennard-Jones switched from 0.8 nm), 0.5 fs velocity Verlet, rigid wa
 - a small untrained MLPolar (polarisation iterations, Ewald ML-ML sum, MM embedding operator) with
   the ML region's MM bonded terms kept: energy must be conserved as well as in the MM run.
 
-- the trained shipped model (pxylene-t4l99a-v2) on p-xylene in a 2.5 nm TIP3P box from the
+- the trained shipped model ("default"; measured with pxylene-t4l99a-v2) on p-xylene in a 2.5 nm TIP3P box from the
   project's own preparation, the ligand's X-H bonds free and no MM bonded terms: the model alone
   holds the molecule together, and energy must be conserved as well as in the MM run.
 
