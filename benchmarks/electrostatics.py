@@ -139,7 +139,7 @@ def _sync(torch, device):
         torch.cuda.synchronize()
 
 
-def build_mlpolar(cfg, case, dtype_name, device, threads, tolerance=TOLERANCE):
+def build_mlpolar(cfg, case, dtype_name, device, threads, tolerance=TOLERANCE, cutoff=CUTOFF):
     torch = _torch_setup(device, threads)
     from mlpolar.electrostatics import GaussianMultipoles
     dtype = {"f32": torch.float32, "f64": torch.float64}[dtype_name]
@@ -147,13 +147,14 @@ def build_mlpolar(cfg, case, dtype_name, device, threads, tolerance=TOLERANCE):
     pos0, box, charges = t(cfg["positions"]), t(cfg["box"]), t(cfg["charges"])
     dipoles = t(cfg["dipoles"]) if case == "dipoles" else None
     widths = t(cfg["widths"]) if case == "dipoles" else None
-    elec = GaussianMultipoles(cutoff=CUTOFF, tolerance=tolerance)
+    elec = GaussianMultipoles(cutoff=cutoff, tolerance=tolerance)
     degree = 1 if dipoles is not None else 0
     try:                                      # the PME order can depend on the multipole degree
         alpha, grid, order = elec.parameters(box, widths, degree=degree)
     except TypeError:
         alpha, grid, order = elec.parameters(box, widths)
-    info = dict(alpha=float(alpha), grid="x".join(str(int(g)) for g in grid), order=int(order))
+    info = dict(alpha=float(alpha), grid="x".join(str(int(g)) for g in grid), order=int(order),
+                cutoff=float(cutoff))
     plan = getattr(elec, "reciprocal_plan", None)            # reciprocal="auto" may skip PME
     if plan is not None:
         direct, rc, a_direct = plan(pos0.shape[0], box, alpha, grid)
@@ -461,7 +462,8 @@ def worker(spec):
                                           tolerance=spec.get("ref_tolerance", 1e-7))
         else:
             compute, info = build_mlpolar(cfg, case, method.split("-")[1], device, threads,
-                                          tolerance=spec.get("tolerance", TOLERANCE))
+                                          tolerance=spec.get("tolerance", TOLERANCE),
+                                          cutoff=spec.get("cutoff", CUTOFF))
     elif method == "openmm":
         compute, info = build_openmm(cfg, device, threads)
     elif method == "openmm-reference":
