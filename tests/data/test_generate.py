@@ -74,3 +74,24 @@ def test_config_errors(tmp_path, cache_dir, traj):
     import yaml
     p.write_text(yaml.safe_dump(_cfg(tmp_path, cache_dir, traj)))
     assert generate.load_config(p)["level"] == TINY_LEVEL
+
+
+def test_trajectory_continued_from_a_restart_state(client, tmp_path, cache_dir):
+    """A trajectory file that continues a restart state (first_frame > 0): the frames before it
+    that were never labelled are gone and skipped with a message; later frames are labelled under
+    their continued indices."""
+    from mlpolar.data.sampling import sample
+    from mlpolar.data.systems import prepare_system
+    pxw = prepare_system("pxylene_water", cache_dir)
+    kw = dict(stride=5, equilibration_steps=5, seed=5, minimize_max_iterations=20, platform="CPU",
+              threads=1)
+    restart = tmp_path / "state.npz"
+    sample(pxw, tmp_path / "old.h5", n_frames=2, restart=restart, **kw)
+    new = tmp_path / "new.h5"
+    sample(pxw, new, n_frames=3, restart=restart, **kw)
+    lines = []
+    s = generate.run(_cfg(tmp_path, cache_dir, new), client=client, log=lines.append)
+    assert s["n_new"] == 1 and s["n_failed"] == 0
+    assert any("2 unlabelled frames before frame 2 are gone" in ln for ln in lines)
+    with LabelStore(str(tmp_path / "labels.h5"), mode="r") as st:
+        assert st.done_indices() == {2}

@@ -5,7 +5,7 @@ import pytest
 import openmm
 import openmm.unit as unit
 
-from mlpolar.data.sampling import make_simulation_context, n_frames, read_frame, sample
+from mlpolar.data.sampling import first_frame, make_simulation_context, n_frames, read_frame, sample
 from mlpolar.data.systems import add_constrained_bond_terms
 
 
@@ -43,6 +43,51 @@ def test_resume_and_truncate(pxw, tmp_path):
         sample(pxw, path, n_frames=5, **{**kw, "seed": 8})
     with pytest.raises(ValueError, match="stride"):
         sample(pxw, path, n_frames=5, **{**kw, "stride": 0})
+
+
+def test_restart_state_continues_in_a_new_file(pxw, tmp_path):
+    """A fresh checkout has neither the trajectory nor its OpenMM checkpoint, only the committed
+    restart state: the new file continues the old trajectory (frame indices, steps, positions)
+    without a new minimisation or equilibration, and the lost frames say so."""
+    kw = dict(stride=5, equilibration_steps=10, seed=7, minimize_max_iterations=20,
+              platform="CPU", threads=1)
+    old, restart = tmp_path / "old.h5", tmp_path / "state.npz"
+    sample(pxw, old, n_frames=2, restart=restart, **kw)
+    with h5py.File(old) as f:
+        last_old = f["positions"][1].astype(np.float64)
+        steps_old = f["step"][:].tolist()
+    with np.load(restart) as z:
+        assert int(z["n_frames"]) == 2 and int(z["step"]) == steps_old[-1]
+        assert z["positions"].dtype == np.float32 and z["velocities"].shape == (pxw.n_atoms, 3)
+        np.testing.assert_allclose(z["positions"], last_old, atol=1e-6)
+
+    new = tmp_path / "new.h5"                # the old file and its checkpoint are gone
+    sample(pxw, new, n_frames=4, restart=restart, **kw)
+    assert n_frames(new) == 4
+    with h5py.File(new) as f:
+        assert int(f.attrs["first_frame"]) == 2 and f["positions"].shape[0] == 2
+        assert f["step"][:].tolist() == [steps_old[-1] + 5, steps_old[-1] + 10]
+    pos2, box2 = read_frame(new, 2)
+    # 5 steps of 2 fs after the restart state (the step count above shows that no minimisation
+    # or equilibration ran): thermal displacements, ~0.005 nm on average, a fast H up to ~0.06
+    d = np.linalg.norm(pos2 - last_old, axis=1)
+    assert d.mean() < 0.015 and d.max() < 0.12
+    assert box2.shape == (3, 3)
+    with pytest.raises(IndexError, match="gone"):
+        read_frame(new, 1)
+    with np.load(restart) as z:
+        assert int(z["n_frames"]) == 4
+    # resuming the new file itself works as before (its own checkpoint)
+    sample(pxw, new, n_frames=5, restart=restart, **kw)
+    assert n_frames(new) == 5 and first_frame(new) == 2
+
+    # settings must match the restart state's, and a damaged file is refused
+    with pytest.raises(ValueError, match="seed"):
+        sample(pxw, tmp_path / "other.h5", n_frames=6, restart=restart, **{**kw, "seed": 8})
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a restart file")
+    with pytest.raises(ValueError, match="not a restart file"):
+        sample(pxw, tmp_path / "other2.h5", n_frames=1, restart=bad, **kw)
 
 
 def test_hydrogen_mass_repartitioning(pxw, tmp_path):

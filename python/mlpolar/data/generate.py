@@ -12,8 +12,9 @@ Config keys (JSON or YAML; paths relative to the working directory):
 ``trajectory``    HDF5 trajectory written by :func:`mlpolar.data.sampling.sample` (required)
 ``sample``        optional keyword arguments of :func:`mlpolar.data.sampling.sample` (``n_frames``,
                   ``stride``, ``seed``, ``equilibration_steps``, ``threads``, ``timestep_ps``,
-                  ``hydrogen_mass_amu``, ``flexible_ligand``):
-                  run / resume the MD first (resumable)
+                  ``hydrogen_mass_amu``, ``flexible_ligand``, ``restart``):
+                  run / resume the MD first (resumable; with ``restart``, a portable restart
+                  state to commit next to the store lets a new checkout continue the trajectory)
 ``output``        label store path (required)
 ``indices``       frames to label: list, "start:stop[:step]", or null = all frames
 ``radius_nm``     MM charge selection radius (default 1.2)
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .qmmm import Level, label_configuration
-from .sampling import n_frames as traj_n_frames, read_frame, sample
+from .sampling import first_frame, n_frames as traj_n_frames, read_frame, sample
 from .store import LabelStore
 from .systems import prepare_system
 
@@ -141,7 +142,12 @@ def run(config, *, client=None, log=print) -> dict:
     with LabelStore(cfg["output"], level=level.to_dict(), system=prep.name,
                     metadata=meta) as store:
         done = store.done_indices()
-        todo = [i for i in wanted if i not in done]
+        first = first_frame(traj)        # frames before it came from an earlier trajectory file
+        lost = [i for i in wanted if i < first and i not in done]
+        if lost:
+            log(f"[mlpolar.data.generate] {len(lost)} unlabelled frames before frame {first} are "
+                "gone with an earlier trajectory file (this one continues its restart state); skipped")
+        todo = [i for i in wanted if i not in done and i >= first]
         if cfg["max_new"] is not None:
             todo = todo[:int(cfg["max_new"])]
         summary["n_done_before"] = len(set(wanted) & done)
