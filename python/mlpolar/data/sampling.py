@@ -156,25 +156,16 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
             f.create_dataset("step", (0,), maxshape=(None,), dtype="i8")
             f.create_dataset("ligand_indices", data=prep.ligand_indices)
             f.attrs.update(system=prep.name, units="positions nm, box nm", temperature_K=temperature_K,
-                           timestep_ps=timestep_ps, stride=int(stride), seed=int(seed),
                            equilibration_steps=int(equilibration_steps),
                            integrator="LangevinMiddleIntegrator, friction 1/ps",
-                           openmm_version=openmm.__version__, wrapped=False,
-                           hydrogen_mass_amu=float(hydrogen_mass_amu or 0.0),
-                           flexible_ligand=bool(flexible_ligand),
+                           openmm_version=openmm.__version__, wrapped=False, **settings,
                            first_frame=int(resume_from["n_frames"]) if resume_from else 0)
         elif f["positions"].shape[1] != n_atoms:
             raise ValueError(f"{out} holds a trajectory of {f['positions'].shape[1]} atoms, "
                              f"but the system has {n_atoms}; use another out_path")
-        elif (int(f.attrs["stride"]) != int(stride) or int(f.attrs["seed"]) != int(seed)
-              or float(f.attrs["timestep_ps"]) != float(timestep_ps)
-              or float(f.attrs.get("hydrogen_mass_amu", 0.0)) != float(hydrogen_mass_amu or 0.0)
-              or bool(f.attrs.get("flexible_ligand", False)) != bool(flexible_ligand)):
-            raise ValueError(f"{out} was started with stride={f.attrs['stride']}, "
-                             f"seed={f.attrs['seed']}, timestep_ps={f.attrs['timestep_ps']}, "
-                             f"hydrogen_mass_amu={f.attrs.get('hydrogen_mass_amu', 0.0)}, "
-                             f"flexible_ligand={bool(f.attrs.get('flexible_ligand', False))}; resume "
-                             "with the same values or use another out_path")
+        elif _recorded(f.attrs) != settings:
+            raise ValueError(f"{out} was started with {_recorded(f.attrs)}; resume with the same "
+                             f"values (given {settings}) or use another out_path")
         first = int(f.attrs.get("first_frame", 0))    # frames before it: in an earlier file
         done = first
         if chk.exists():
@@ -233,6 +224,16 @@ def _write_checkpoint(ctx: openmm.Context, chk: Path, n_frames: int) -> None:
     os.replace(tmp, chk)
 
 
+def _recorded(attrs) -> dict:
+    """The sampling settings a trajectory file or restart state was written with (the keys of
+    ``settings`` in :func:`sample`; files from before hydrogen_mass_amu/flexible_ligand existed
+    read as 0 / False)."""
+    return dict(stride=int(attrs["stride"]), seed=int(attrs["seed"]),
+                timestep_ps=float(attrs["timestep_ps"]),
+                hydrogen_mass_amu=float(attrs.get("hydrogen_mass_amu", 0.0)),
+                flexible_ligand=bool(attrs.get("flexible_ligand", False)))
+
+
 RESTART_FORMAT = 1
 
 
@@ -263,8 +264,8 @@ def _read_restart(path: Path, n_atoms: int, settings: dict) -> dict:
     if r["positions"].shape != (n_atoms, 3):
         raise ValueError(f"restart={path} holds {r['positions'].shape[0]} atoms, the system "
                          f"{n_atoms}; it belongs to another system")
-    old = {k: r[k].item() for k in settings}
-    if any(old[k] != v for k, v in settings.items()):
+    old = _recorded({k: r[k].item() for k in settings})
+    if old != settings:
         raise ValueError(f"restart={path} was written with {old}; continue with the same values "
                          f"(given {settings}) or use another restart path")
     return r
