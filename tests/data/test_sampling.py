@@ -45,6 +45,21 @@ def test_resume_and_truncate(pxw, tmp_path):
         sample(pxw, path, n_frames=5, **{**kw, "stride": 0})
 
 
+def test_file_cut_off_before_its_first_checkpoint_starts_anew(pxw, tmp_path):
+    """A run killed during the equilibration leaves a trajectory file without a checkpoint (and,
+    with the file still open, possibly no valid HDF5 header): the next run starts it anew."""
+    path = tmp_path / "t.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 2352)  # a header cut off, as seen after a kill
+    kw = dict(stride=5, equilibration_steps=0, seed=7, minimize_max_iterations=20, platform="CPU", threads=1)
+    with pytest.warns(UserWarning, match="no checkpoint"):
+        sample(pxw, path, n_frames=2, **kw)
+    assert n_frames(path) == 2
+    # a readable file is never replaced: with its checkpoint it resumes
+    sample(pxw, path, n_frames=3, **kw)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["step"][:], [5, 10, 15])
+
+
 def test_restart_state_continues_in_a_new_file(pxw, tmp_path):
     """A fresh checkout has neither the trajectory nor its OpenMM checkpoint, only the committed
     restart state: the new file continues the old trajectory (frame indices, steps, positions)

@@ -21,6 +21,7 @@ Units: nm, ps, K (OpenMM's).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -109,6 +110,14 @@ def repartition_hydrogen_mass(system: openmm.System, topology, hydrogen_mass_amu
         system.setParticleMass(b.index, m_x - delta)
 
 
+def _readable_h5(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
+
+
 def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, stride: int,
            equilibration_steps: int = 5000, seed: int = 0, temperature_K: float = 300.0,
            timestep_ps: float = 0.002, minimize_max_iterations: int = 2000, platform: str | None = None,
@@ -145,6 +154,12 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
                     hydrogen_mass_amu=float(hydrogen_mass_amu or 0.0),
                     flexible_ligand=bool(flexible_ligand))
     restart = Path(restart) if restart is not None else None
+    if out.exists() and not chk.exists() and not _readable_h5(out):
+        # killed before its first checkpoint (e.g. during the equilibration, the file still open):
+        # nothing in it is kept on resume anyway (frames count only up to a checkpoint), so start it anew
+        warnings.warn(f"{out} is not a readable HDF5 file and has no checkpoint: it held no kept frames; "
+                      "starting it anew")
+        out.unlink()
     resume_from = None
     if restart is not None and restart.exists() and not out.exists() and not chk.exists():
         resume_from = _read_restart(restart, n_atoms, settings)
@@ -160,6 +175,7 @@ def sample(prep: PreparedSystem, out_path: str | os.PathLike, *, n_frames: int, 
                            integrator="LangevinMiddleIntegrator, friction 1/ps",
                            openmm_version=openmm.__version__, wrapped=False, **settings,
                            first_frame=int(resume_from["n_frames"]) if resume_from else 0)
+            f.flush()  # a complete header on disk before the (long) equilibration
         elif f["positions"].shape[1] != n_atoms:
             raise ValueError(f"{out} holds a trajectory of {f['positions'].shape[1]} atoms, "
                              f"but the system has {n_atoms}; use another out_path")
