@@ -89,7 +89,7 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
                                          const c10::optional<at::Tensor>& recv_widths,
                                          const c10::optional<at::Tensor>& src_widths, const c10::optional<at::Tensor>& box,
                                          const at::Tensor& exclusions, double cutoff, double switch_width, double beta,
-                                         int dout, int width_derivative = 0) {
+                                         int dout, int width_derivative = 0, bool search = true) {
   EmbeddingInputs<T> in;
   EmbeddingArgs<T>& a = in.args;
   const int64_t nr = recv_pos.size(0), ns = src_pos.size(0);
@@ -138,8 +138,12 @@ EmbeddingInputs<T> make_embedding_inputs(const at::Tensor& recv_pos, const at::T
   a.excl_ptr = static_cast<const int64_t*>(in.excl_ptr.data_ptr());
   a.excl_idx = static_cast<const int64_t*>(in.excl_idx.data_ptr());
   // ML-centric search: the compact (smaller) set selects the sites of the other within reach
+  // (search = false: the caller brings the forward's search; every receiver listed, no source)
   Prefilter pf;
-  if (nr <= ns) {
+  if (!search) {
+    in.recv_list = at::arange(nr, recv_pos.options().dtype(at::kInt));
+    in.src_list = at::empty({0}, src_pos.options().dtype(at::kInt));
+  } else if (nr <= ns) {
     in.recv_list = at::arange(nr, recv_pos.options().dtype(at::kInt));
     pf = prefilter(recv_pos, src_pos, h, cutoff, c10::nullopt);
     in.src_list = pf.list;

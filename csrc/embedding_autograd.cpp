@@ -89,7 +89,16 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["deg"] = deg;
     ctx->saved_data["wd"] = wd;
-    if (graph && rp.requires_grad() && !fused_backward_applies(rp, c, sw, wd, deg)) {
+    const bool fused = fused_backward_applies(rp, c, sw, wd, deg);
+    if (graph && fused && (rp.requires_grad() || sp.requires_grad() || c.requires_grad())) {
+      // the fused backward will reuse this forward's search (the binned MM atoms): kept per call,
+      // O(MM atoms in reach), nothing per pair
+      auto r = embedding_charge_forward_cpu(rp, sp, c, as_optional(rw), as_optional(box), excl, cutoff, width, beta,
+                                            deg);
+      if (r.size() == 5) ctx->saved_data["search"] = std::vector<at::Tensor>(r.begin() + 1, r.end());
+      return r[0];
+    }
+    if (graph && rp.requires_grad() && !fused) {
       // forces on the receivers will be asked for: one degree more in the same pass (not when
       // no graph is recorded, e.g. the backward's own calls without create_graph)
       at::Tensor F1 = call_embedding(rp, sp, c, as_optional(rw), as_optional(sw), as_optional(box), excl, cutoff,
@@ -122,8 +131,10 @@ class EmbeddingFunction : public torch::autograd::Function<EmbeddingFunction> {
                 "that does not require grad (box.detach())");
     const bool need_rp = ctx->needs_input_grad(0), need_sp = ctx->needs_input_grad(1), need_c = ctx->needs_input_grad(2);
     if (!at::GradMode::is_enabled() && fused_backward_applies(rp, c, sw, wd, dout) && !need_sw) {
+      std::vector<at::Tensor> search;
+      if (ctx->saved_data.count("search")) search = ctx->saved_data["search"].toTensorVector();
       auto g = embedding_charge_backward_cpu(rp, sp, c, as_optional(rw), as_optional(box), excl, cutoff, width, beta,
-                                             G, need_rw);
+                                             G, need_rw, search);
       if (need_rp) out[0] = g[0];
       if (need_sp) out[1] = g[1];
       if (need_c) out[2] = g[2];

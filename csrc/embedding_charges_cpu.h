@@ -3,13 +3,18 @@
 // file's vector flags (CMakeLists.txt, MLPOLAR_AVX2).
 #pragma once
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "embedding_impl.h"
@@ -31,49 +36,50 @@ namespace embedding_charges {
 //     inside are compacted branch-free into the site's partner list (transient, one site at a time:
 //     nothing per pair survives the site).
 //  3. Radial functions: the bare point kernel 1/r for every partner in one vectorised loop; the
-//     switch over the last switch_width LANES partners at a time; the partners that need erf (the
+//     switch over the last switch_width a register of partners at a time; the partners that need erf (the
 //     Gaussian where a r < x_point) or erfc (Ewald) by the shared scalar embedding_radial. The
 //     widths' derivative (Gaussian-type, one exponential per pair) is vectorised too.
-//  4. Hermite tensor and contractions, LANES partners at a time as small lane vectors
+//  4. Hermite tensor and contractions, a register of partners at a time (8 floats or 4 doubles) as small lane vectors
 //     (hermite_tensor instantiated on Lanes<T>), which GCC maps to AVX2 registers.
 // Results equal the generic loop's to rounding (the same formulas; the tests hold both against
 // the brute force).
 // ---------------------------------------------------------------------------------------------
 
-// LANES values of T with elementwise arithmetic: hermite_tensor<L, Lanes<T>> runs LANES pairs at once.
+// Lanes<T>::N values of T (one 256-bit register: 8 floats or 4 doubles) with elementwise
+// arithmetic: hermite_tensor<L, Lanes<T>> runs N pairs at once. A GCC vector type underneath, so
+// that every operation is one SIMD instruction (with a plain array GCC's SLP vectoriser packed
+// hermite_tensor<4> but left hermite_tensor<3> scalar; 8 doubles in two registers went through
+// memory). Partner lists are padded to LANES, a multiple of every N.
 constexpr int LANES = 8;
 template <typename T>
 struct Lanes {
-  T v[LANES];
+  static constexpr int N = 32 / sizeof(T);
+  typedef T vec __attribute__((vector_size(sizeof(T) * N)));
+  vec v;
   Lanes() = default;
+  MLP_ALWAYS explicit Lanes(vec x) : v(x) {}
   template <typename S, std::enable_if_t<std::is_arithmetic_v<S>, int> = 0>
-  MLP_ALWAYS Lanes(S s) {
-    for (int l = 0; l < LANES; ++l) v[l] = T(s);
-  }
+  MLP_ALWAYS Lanes(S s) : v(vec{} + T(s)) {}
   MLP_ALWAYS static Lanes load(const T* p) {
     Lanes r;
-    for (int l = 0; l < LANES; ++l) r.v[l] = p[l];
+    std::memcpy(&r.v, p, sizeof(vec));
     return r;
   }
-  MLP_ALWAYS void store(T* p) const {
-    for (int l = 0; l < LANES; ++l) p[l] = v[l];
-  }
+  MLP_ALWAYS void store(T* p) const { std::memcpy(p, &v, sizeof(vec)); }
   MLP_ALWAYS T sum() const {
     T s = 0;
-    for (int l = 0; l < LANES; ++l) s += v[l];
+    for (int l = 0; l < N; ++l) s += v[l];
     return s;
   }
 };
 #define MLP_LANE_OP(OP)                                                                         \
   template <typename T>                                                                         \
   MLP_ALWAYS Lanes<T> operator OP(const Lanes<T>& a, const Lanes<T>& b) {                       \
-    Lanes<T> r;                                                                                 \
-    for (int l = 0; l < LANES; ++l) r.v[l] = a.v[l] OP b.v[l];                                  \
-    return r;                                                                                   \
+    return Lanes<T>(a.v OP b.v);                                                                \
   }                                                                                             \
   template <typename T>                                                                         \
   MLP_ALWAYS Lanes<T>& operator OP##=(Lanes<T>& a, const Lanes<T>& b) {                         \
-    for (int l = 0; l < LANES; ++l) a.v[l] OP## = b.v[l];                                       \
+    a.v = a.v OP b.v;                                                                           \
     return a;                                                                                   \
   }
 MLP_LANE_OP(+)
@@ -83,9 +89,7 @@ MLP_LANE_OP(/)
 #undef MLP_LANE_OP
 template <typename T>
 MLP_ALWAYS Lanes<T> operator-(const Lanes<T>& a) {
-  Lanes<T> r;
-  for (int l = 0; l < LANES; ++l) r.v[l] = -a.v[l];
-  return r;
+  return Lanes<T>(-a.v);
 }
 
 // switch_radial for LANES partners with a compile-time degree: the coefficients c_kj of
@@ -215,6 +219,34 @@ struct SitePartners {
   T* b(int n) { return B.data() + (size_t)n * cap; }
 };
 
+#if defined(__AVX2__)
+// For each 8-bit mask, the lane indices of its set bits first (the AVX2 left-pack permutation).
+// For 4-bit masks (doubles): the same as 32-bit lane pairs (pairs[mask]) and as 32-bit lanes (quads[mask]).
+struct CompressTable {
+  alignas(32) int perm[256][8];
+  alignas(32) int pairs[16][8];
+  alignas(16) int quads[16][4];
+  CompressTable() {
+    for (int mask = 0; mask < 256; ++mask) {
+      int n = 0;
+      for (int l = 0; l < 8; ++l)
+        if (mask >> l & 1) perm[mask][n++] = l;
+      for (; n < 8; ++n) perm[mask][n] = 0;
+    }
+    for (int mask = 0; mask < 16; ++mask) {
+      int n = 0;
+      for (int l = 0; l < 4; ++l)
+        if (mask >> l & 1) {
+          pairs[mask][2 * n] = 2 * l;
+          pairs[mask][2 * n + 1] = 2 * l + 1;
+          quads[mask][n++] = l;
+        }
+      for (; n < 4; ++n) pairs[mask][2 * n] = pairs[mask][2 * n + 1] = quads[mask][n] = 0;
+    }
+  }
+};
+#endif
+
 // Step 2 for site i: the partners of receiver i inside the cutoff, excluded ones removed.
 template <typename T>
 void find_partners(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, SitePartners<T>& P) {
@@ -257,18 +289,82 @@ void find_partners(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, Si
       range(xi, std::sqrt(rx2), 0, x0, x1);
       if (x0 > x1) continue;
       const int row = (cz * c.n[1] + cy) * c.n[0];
-      const int kend = c.start[row + x1 + 1];
-      for (int k = c.start[row + x0]; k < kend; ++k) {
-        const T dx = xi - X[k], dy = yi - Y[k], dz = zi - Z[k], r2 = dx * dx + dy * dy + dz * dz;
-        px[m] = dx;
-        py[m] = dy;
-        pz[m] = dz;
-        pr[m] = r2;
-        pq[m] = Q[k];
-        ps[m] = k;
-        m += (r2 < c2) & (r2 > T(0));
+      const int k0 = c.start[row + x0], n = c.start[row + x1 + 1] - k0;
+      // every atom of the row's range as a candidate (a vector loop: no dependence between atoms)
+#pragma omp simd
+      for (int k = 0; k < n; ++k) {
+        const T dx = xi - X[k0 + k], dy = yi - Y[k0 + k], dz = zi - Z[k0 + k];
+        px[m + k] = dx;
+        py[m + k] = dy;
+        pz[m + k] = dz;
+        pr[m + k] = dx * dx + dy * dy + dz * dz;
+        pq[m + k] = Q[k0 + k];
+        ps[m + k] = k0 + k;
       }
+      m += n;
     }
+  }
+  // then the candidates inside the cutoff compacted in place (branch-free; the only chain from one
+  // candidate to the next is the count)
+  const int candidates = m;
+  m = 0;
+  int k = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    // eight at a time: the kept lanes moved to the front by one permutation (a table indexed by the
+    // 8-bit mask) and stored at the count; the stores overlap only the block already read
+    static const CompressTable table;
+    const __m256 vc2 = _mm256_set1_ps(c2), zero = _mm256_setzero_ps();
+    for (; k + 8 <= candidates; k += 8) {
+      const __m256 r2 = _mm256_loadu_ps(pr + k);
+      const int mask = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(r2, vc2, _CMP_LT_OQ),
+                                                        _mm256_cmp_ps(r2, zero, _CMP_GT_OQ)));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mask]));
+      auto move = [&](float* v) { _mm256_storeu_ps(v + m, _mm256_permutevar8x32_ps(_mm256_loadu_ps(v + k), perm)); };
+      move(px);
+      move(py);
+      move(pz);
+      move(pr);
+      move(pq);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ps + m),
+                          _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + k)), perm));
+      m += __builtin_popcount(mask);
+    }
+  } else {
+    // four doubles at a time: the permutation of their 32-bit halves; the four int slots by an
+    // in-register (128-bit) permutation, so that no store reaches the next, unread block
+    static const CompressTable table;
+    const __m256d vc2 = _mm256_set1_pd(c2), zero = _mm256_setzero_pd();
+    for (; k + 4 <= candidates; k += 4) {
+      const __m256d r2 = _mm256_loadu_pd(pr + k);
+      const int mask = _mm256_movemask_pd(_mm256_and_pd(_mm256_cmp_pd(r2, vc2, _CMP_LT_OQ),
+                                                        _mm256_cmp_pd(r2, zero, _CMP_GT_OQ)));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.pairs[mask]));
+      auto move = [&](double* v) {
+        const __m256 halves = _mm256_castpd_ps(_mm256_loadu_pd(v + k));
+        _mm256_storeu_pd(v + m, _mm256_castps_pd(_mm256_permutevar8x32_ps(halves, perm)));
+      };
+      move(px);
+      move(py);
+      move(pz);
+      move(pr);
+      move(pq);
+      const __m128i quad = _mm_load_si128(reinterpret_cast<const __m128i*>(table.quads[mask]));
+      const __m128 slots = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ps + k)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(ps + m), _mm_castps_si128(_mm_permutevar_ps(slots, quad)));
+      m += __builtin_popcount(mask);
+    }
+  }
+#endif
+  for (; k < candidates; ++k) {
+    const T r2 = pr[k];
+    px[m] = px[k];
+    py[m] = py[k];
+    pz[m] = pz[k];
+    pr[m] = r2;
+    pq[m] = pq[k];
+    ps[m] = ps[k];
+    m += (r2 < c2) & (r2 > T(0));
   }
   if (a.excl_ptr[i + 1] > a.excl_ptr[i]) {
     int kept = 0;
@@ -300,15 +396,15 @@ void find_partners(const EmbeddingArgs<T>& a, const ChargeCells<T>& c, int i, Si
 template <int L, typename T>
 void switch_partners(const EmbeddingArgs<T>& a, T* const* Bn, const T* r2, const int* sw, int nsw) {
   using V = Lanes<T>;
-  for (int b = 0; b < nsw; b += LANES) {
-    const int nl = std::min(LANES, nsw - b);
+  for (int b = 0; b < nsw; b += V::N) {
+    const int nl = std::min(V::N, nsw - b);
     V rr, BK[L + 1], BS[L + 1];
-    for (int l = 0; l < LANES; ++l) {
+    for (int l = 0; l < V::N; ++l) {
       const int p = sw[b + std::min(l, nl - 1)];
       rr.v[l] = r2[p];
       for (int n = 0; n <= L; ++n) BK[n].v[l] = Bn[n][p];
     }
-    for (int l = 0; l < LANES; ++l) rr.v[l] = std::sqrt(rr.v[l]);
+    for (int l = 0; l < V::N; ++l) rr.v[l] = std::sqrt(rr.v[l]);
     switch_radial_lanes<L>(rr, a.cutoff, a.switch_width, BS);
     V B[L + 1];
     MLP_UNROLL
@@ -378,7 +474,7 @@ __attribute__((noinline)) void site_forward(SitePartners<T>& P, T* acc) {
   using V = Lanes<T>;
   V sum[NOUT];
   for (int t = 0; t < NOUT; ++t) sum[t] = V(T(0));
-  for (int p = 0; p < P.m; p += LANES) {
+  for (int p = 0; p < P.m; p += V::N) {
     V B[DOUT + 1], R[NOUT];
     for (int n = 0; n <= DOUT; ++n) B[n] = V::load(P.b(n) + p);
     hermite_tensor<DOUT>(V::load(P.x.data() + p), V::load(P.y.data() + p), V::load(P.z.data() + p), B, R);
@@ -397,7 +493,7 @@ __attribute__((noinline)) void site_backward(SitePartners<T>& P, const T* Gi, T*
   using V = Lanes<T>;
   V g0(T(0)), g1(T(0)), g2(T(0));
   T* __restrict o = P.out.data();
-  for (int p = 0; p < P.m; p += LANES) {
+  for (int p = 0; p < P.m; p += V::N) {
     V B[L + 1], R[ncart(L)];
     for (int n = 0; n <= L; ++n) B[n] = V::load(P.b(n) + p);
     hermite_tensor<L>(V::load(P.x.data() + p), V::load(P.y.data() + p), V::load(P.z.data() + p), B, R);
@@ -472,7 +568,7 @@ T site_width_gradient(const EmbeddingArgs<T>& a, int i, SitePartners<T>& P, cons
   }
   using V = Lanes<T>;
   V acc(T(0));
-  for (int p = 0; p < P.m; p += LANES) {
+  for (int p = 0; p < P.m; p += V::N) {
     V B[DOUT + 1], R[NOUT];
     for (int n = 0; n <= DOUT; ++n) B[n] = V::load(P.b(n) + p);
     hermite_tensor<DOUT>(V::load(P.x.data() + p), V::load(P.y.data() + p), V::load(P.z.data() + p), B, R);
@@ -494,9 +590,9 @@ bool fast_path_applies(const EmbeddingArgs<T>& a) {
 }
 
 template <int DOUT, typename T>
-void forward_degree(const EmbeddingArgs<T>& a, T* out) {
+void forward_degree(const EmbeddingArgs<T>& a, T* out, ChargeCells<T>* keep) {
   constexpr int NOUT = ncart(DOUT);
-  const ChargeCells<T> c = bin_charges(a);
+  ChargeCells<T> c = bin_charges(a);
   const bool parallel = (int64_t)a.n_recv * c.size() > 100000;
 #pragma omp parallel if (parallel)
   {
@@ -513,27 +609,34 @@ void forward_degree(const EmbeddingArgs<T>& a, T* out) {
       for (int t = 0; t < NOUT; ++t) out[(int64_t)i * NOUT + t] += acc[t];
     }
   }
+  if (keep) *keep = std::move(c);
 }
 
+// The forward on the fast path (false: it does not apply). `keep`: where to leave the binned MM
+// atoms for the backward of the same call (its search is then not repeated).
 template <typename T>
-bool forward(const EmbeddingArgs<T>& a, T* out) {
+bool forward(const EmbeddingArgs<T>& a, T* out, ChargeCells<T>* keep = nullptr) {
   if (!fast_path_applies(a)) return false;
   switch (a.dout) {
-    case 0: forward_degree<0>(a, out); return true;
-    case 1: forward_degree<1>(a, out); return true;
-    case 2: forward_degree<2>(a, out); return true;
-    case 3: forward_degree<3>(a, out); return true;
-    case 4: forward_degree<4>(a, out); return true;
+    case 0: forward_degree<0>(a, out, keep); return true;
+    case 1: forward_degree<1>(a, out, keep); return true;
+    case 2: forward_degree<2>(a, out, keep); return true;
+    case 3: forward_degree<3>(a, out, keep); return true;
+    case 4: forward_degree<4>(a, out, keep); return true;
     default: return false;
   }
 }
 
 // The fused backward on the fast path: threads split the ML sites; each thread adds the MM side
 // (q w, u per partner) into its own cell-order columns, reduced at the end.
+// `cached`: the forward's binned MM atoms (same positions and charges), or null to bin them here.
 template <int DOUT, typename T>
-void backward(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_src, T* g_q, T* g_w) {
+void backward(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_src, T* g_q, T* g_w,
+              const ChargeCells<T>* cached = nullptr) {
   constexpr int NOUT = ncart(DOUT);
-  const ChargeCells<T> c = bin_charges(a);
+  ChargeCells<T> binned;
+  if (!cached) binned = bin_charges(a);
+  const ChargeCells<T>& c = cached ? *cached : binned;
   const int m = c.size();
   const bool parallel = (int64_t)a.n_recv * m > 100000;
   const int nthreads = parallel ? std::max(1, omp_get_max_threads()) : 1;

@@ -108,12 +108,18 @@ Prefilter prefilter_loop(const at::Tensor& compact_t, const at::Tensor& wide_t, 
       // exclusion partners it images per pair), and the test on that image; then the compaction.
       const double* b = h->data();
       const double i0 = 1.0 / b[0], i4 = 1.0 / b[4], i8 = 1.0 / b[8], c0 = centre[0], c1 = centre[1], c2 = centre[2];
-      out.wide_imaged = at::empty_like(wt);
+      // into a buffer kept per thread: a fresh [nw, 3] tensor every call (~300 KB at 25k atoms) came
+      // back page-faulting from the allocator each time. Safe because the tensor lives only as long
+      // as the one call's EmbeddingInputs, and one call makes one prefilter per thread.
+      static thread_local std::vector<T> imaged_buffer;
+      if (imaged_buffer.size() < (size_t)(3 * nw)) imaged_buffer.resize((size_t)(3 * nw));
+      out.wide_imaged = at::from_blob(imaged_buffer.data(), {nw, 3}, wt.options());
       T* __restrict dst = out.wide_imaged.data_ptr<T>();
       const T* __restrict src = w;
       std::vector<unsigned char> inside(nw);
       unsigned char* __restrict in = inside.data();
-#pragma omp simd
+      // both threads above ~16k sites (the loop is ~2 ns a site; a parallel region costs ~5 us)
+#pragma omp parallel for simd schedule(static) if (nw > 16384)
       for (int64_t k = 0; k < nw; ++k) {
         const double x = src[3 * k] - c0, y = src[3 * k + 1] - c1, z = src[3 * k + 2] - c2;
         const double sc = std::nearbyint(z * i8);
@@ -223,7 +229,8 @@ bool embedding_fixed(const EmbeddingArgs<T>& a, T* out) {
 // functions. Threads split the sources (each MM row written by one thread); the few ML rows
 // are summed per thread and reduced once.
 template <int DOUT, typename T>
-void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_src, T* g_q, T* g_w) {
+void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_src, T* g_q, T* g_w,
+                         const embedding_charges::ChargeCells<T>* cached) {
   constexpr int L = DOUT + 1, NOUT = ncart(DOUT);
   EmbeddingArgs<T> aw = a;
   aw.width_derivative = 1;
@@ -267,8 +274,8 @@ void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_
     gw[i] += a.coeffs[j] * acc;
   };
   const bool parallel = (int64_t)a.n_recv_list * a.n_src_list > 4096;
-  if (embedding_charges::fast_path_applies(a)) {
-    embedding_charges::backward<DOUT>(a, G, g_recv, g_src, g_q, g_w);
+  if (cached || embedding_charges::fast_path_applies(a)) {
+    embedding_charges::backward<DOUT>(a, G, g_recv, g_src, g_q, g_w, cached);
   } else {
 #pragma omp parallel if (parallel)
   {
@@ -319,13 +326,88 @@ void fused_backward_loop(const EmbeddingArgs<T>& a, const T* G, T* g_recv, T* g_
   }
 }
 
+// The forward's search (binned MM atoms, ML sites at their images) as tensors for the backward:
+// {x, y, z, q of the kept MM atoms in cell order [4, k] (T); their source indices then the cell
+// starts (int32); lo[3], cell side, cell counts[3], imaged flag (double); ML positions as the
+// kernel saw them [n, 3]}. O(kept MM atoms + cells): nothing per pair.
+template <typename T>
+std::vector<at::Tensor> pack_search(const embedding_charges::ChargeCells<T>& c, const EmbeddingArgs<T>& a,
+                                    const at::TensorOptions& opts) {
+  const int64_t k = c.size();
+  at::Tensor f = at::empty({4, k}, opts);
+  T* fp = f.data_ptr<T>();
+  std::copy(c.x.begin(), c.x.end(), fp);
+  std::copy(c.y.begin(), c.y.end(), fp + k);
+  std::copy(c.z.begin(), c.z.end(), fp + 2 * k);
+  std::copy(c.q.begin(), c.q.end(), fp + 3 * k);
+  at::Tensor idx = at::empty({k + (int64_t)c.start.size()}, opts.dtype(at::kInt));
+  int* ip = idx.data_ptr<int>();
+  std::copy(c.src.begin(), c.src.end(), ip);
+  std::copy(c.start.begin(), c.start.end(), ip + k);
+  at::Tensor meta = at::empty({8}, opts.dtype(at::kDouble));
+  double* m = meta.data_ptr<double>();
+  for (int d = 0; d < 3; ++d) {
+    m[d] = (double)c.lo[d];
+    m[4 + d] = (double)c.n[d];
+  }
+  m[3] = (double)c.h;
+  m[7] = a.imaged ? 1.0 : 0.0;
+  at::Tensor recv = at::empty({a.n_recv, 3}, opts);
+  std::copy(a.recv_pos, a.recv_pos + 3 * (int64_t)a.n_recv, recv.data_ptr<T>());
+  return {f, idx, meta, recv};
+}
+
+template <typename T>
+embedding_charges::ChargeCells<T> unpack_search(const std::vector<at::Tensor>& s) {
+  embedding_charges::ChargeCells<T> c;
+  const int64_t k = s[0].size(1);
+  const T* fp = s[0].data_ptr<T>();
+  c.x.assign(fp, fp + k);
+  c.y.assign(fp + k, fp + 2 * k);
+  c.z.assign(fp + 2 * k, fp + 3 * k);
+  c.q.assign(fp + 3 * k, fp + 4 * k);
+  const int* ip = s[1].data_ptr<int>();
+  c.src.assign(ip, ip + k);
+  c.start.assign(ip + k, ip + s[1].numel());
+  const double* m = s[2].data_ptr<double>();
+  for (int d = 0; d < 3; ++d) {
+    c.lo[d] = (T)m[d];
+    c.n[d] = (int)m[4 + d];
+  }
+  c.h = (T)m[3];
+  c.ih = T(1) / c.h;
+  return c;
+}
+
 }  // namespace
+
+std::vector<at::Tensor> embedding_charge_forward_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos,
+                                                     const at::Tensor& charges, const c10::optional<at::Tensor>& recv_widths,
+                                                     const c10::optional<at::Tensor>& box, const at::Tensor& exclusions,
+                                                     double cutoff, double switch_width, double beta, int64_t deg_out) {
+  check_embedding_args(recv_pos, src_pos, charges, recv_widths, c10::nullopt, box, exclusions, cutoff, switch_width,
+                       beta, deg_out, 0);
+  at::Tensor out = at::zeros({recv_pos.size(0), (int64_t)ncart((int)deg_out)}, recv_pos.options());
+  std::vector<at::Tensor> result{out};
+  AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_charge_forward_cpu", [&] {
+    auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, charges, recv_widths, c10::nullopt, box, exclusions,
+                                              cutoff, switch_width, beta, (int)deg_out, 0);
+    embedding_charges::ChargeCells<scalar_t> cells;
+    if (embedding_charges::forward(in.args, out.data_ptr<scalar_t>(), &cells)) {
+      for (auto& t : pack_search(cells, in.args, recv_pos.options())) result.push_back(t);
+    } else if (!embedding_fixed(in.args, out.data_ptr<scalar_t>())) {
+      dispatch_degree<EmbeddingLoop>(in.args.din + (int)deg_out, in.args, out.data_ptr<scalar_t>());
+    }
+  });
+  return result;
+}
 
 std::vector<at::Tensor> embedding_charge_backward_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos,
                                                       const at::Tensor& charges, const c10::optional<at::Tensor>& recv_widths,
                                                       const c10::optional<at::Tensor>& box, const at::Tensor& exclusions,
                                                       double cutoff, double switch_width, double beta,
-                                                      const at::Tensor& grad, bool want_widths) {
+                                                      const at::Tensor& grad, bool want_widths,
+                                                      const std::vector<at::Tensor>& search) {
   const int64_t nr = recv_pos.size(0), ns = src_pos.size(0);
   const int dout = degree_of_columns(grad.size(1), "grad");
   TORCH_CHECK(charges.dim() == 2 && charges.size(1) == 1, "embedding_charge_backward: charges must be [m, 1]");
@@ -337,18 +419,30 @@ std::vector<at::Tensor> embedding_charge_backward_cpu(const at::Tensor& recv_pos
   at::Tensor g_w = (want_widths && recv_widths.has_value()) ? at::zeros({nr}, recv_pos.options()) : at::Tensor();
   const at::Tensor Gc = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES(recv_pos.scalar_type(), "embedding_charge_backward_cpu", [&] {
+    const bool cached = search.size() == 4;
     auto in = make_embedding_inputs<scalar_t>(recv_pos, src_pos, charges, recv_widths, c10::nullopt, box, exclusions,
-                                              cutoff, switch_width, beta, dout + 1, 0);
+                                              cutoff, switch_width, beta, dout + 1, 0, /*search=*/!cached);
+    embedding_charges::ChargeCells<scalar_t> cells;
+    if (cached) {
+      TORCH_CHECK(search[0].scalar_type() == recv_pos.scalar_type() && search[3].size(0) == nr,
+                  "embedding_charge_backward: the forward's search does not belong to these inputs");
+      cells = unpack_search<scalar_t>(search);
+      // the sites where the forward's kernel saw them (images about the ML region's centre); the
+      // MM side is read from the cells (the raw positions only for the excluded pairs, imaged per pair)
+      in.recv_pos = search[3];
+      in.args.recv_pos = search[3].data_ptr<scalar_t>();
+      in.args.imaged = search[2].data_ptr<double>()[7] != 0.0;
+    }
     scalar_t* gw = g_w.defined() ? g_w.data_ptr<scalar_t>() : nullptr;
     const scalar_t* G = Gc.data_ptr<scalar_t>();
     auto* gr = g_recv.data_ptr<scalar_t>();
     auto* gs = g_src.data_ptr<scalar_t>();
     auto* gq = g_q.data_ptr<scalar_t>();
     switch (dout) {
-      case 0: fused_backward_loop<0>(in.args, G, gr, gs, gq, gw); break;
-      case 1: fused_backward_loop<1>(in.args, G, gr, gs, gq, gw); break;
-      case 2: fused_backward_loop<2>(in.args, G, gr, gs, gq, gw); break;
-      default: fused_backward_loop<3>(in.args, G, gr, gs, gq, gw); break;
+      case 0: fused_backward_loop<0>(in.args, G, gr, gs, gq, gw, cached ? &cells : nullptr); break;
+      case 1: fused_backward_loop<1>(in.args, G, gr, gs, gq, gw, cached ? &cells : nullptr); break;
+      case 2: fused_backward_loop<2>(in.args, G, gr, gs, gq, gw, cached ? &cells : nullptr); break;
+      default: fused_backward_loop<3>(in.args, G, gr, gs, gq, gw, cached ? &cells : nullptr); break;
     }
   });
   return {g_recv, g_src, g_q, g_w};

@@ -71,7 +71,15 @@ std::vector<at::Tensor> embedding_charge_backward_cpu(const at::Tensor& recv_pos
                                                       const at::Tensor& charges, const c10::optional<at::Tensor>& recv_widths,
                                                       const c10::optional<at::Tensor>& box, const at::Tensor& exclusions,
                                                       double cutoff, double switch_width, double beta,
-                                                      const at::Tensor& grad, bool want_widths);
+                                                      const at::Tensor& grad, bool want_widths,
+                                                      const std::vector<at::Tensor>& search = {});
+// The charge embedding's forward (as embedding_field_cpu, width_derivative 0) that also returns the
+// search it made ({V} alone when the fast path does not apply; else {V, 4 search tensors}), for
+// embedding_charge_backward_cpu of the same inputs to reuse.
+std::vector<at::Tensor> embedding_charge_forward_cpu(const at::Tensor& recv_pos, const at::Tensor& src_pos,
+                                                     const at::Tensor& charges, const c10::optional<at::Tensor>& recv_widths,
+                                                     const c10::optional<at::Tensor>& box, const at::Tensor& exclusions,
+                                                     double cutoff, double switch_width, double beta, int64_t deg_out);
 void check_embedding_args(const at::Tensor& recv_pos, const at::Tensor& src_pos, const at::Tensor& coeffs,
                           const c10::optional<at::Tensor>& recv_widths, const c10::optional<at::Tensor>& src_widths,
                           const c10::optional<at::Tensor>& box, const at::Tensor& exclusions, double cutoff,

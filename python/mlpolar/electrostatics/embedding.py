@@ -309,16 +309,17 @@ def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_pos
             raise ValueError("box must be a [3, 3] tensor whose rows are the box vectors a, b, c (nm)")
         if box.dtype != ml_positions.dtype or box.device != ml_positions.device:
             raise ValueError("box must have the dtype and device of ml_positions")
-        b = box.detach().to(torch.float64).cpu()
-        tol = 1e-6 * float(b.diagonal().abs().max())
-        if not (float(b[0, 0]) > 0 and float(b[1, 1]) > 0 and float(b[2, 2]) > 0 and abs(float(b[0, 1])) <= tol
-                and abs(float(b[0, 2])) <= tol and abs(float(b[1, 2])) <= tol):
+        # one host copy of the nine numbers (each float(b[i, j]) would be an indexing op and a sync)
+        b: List[List[float]] = box.detach().to(torch.float64).cpu().tolist()
+        tol = 1e-6 * max(abs(b[0][0]), abs(b[1][1]), abs(b[2][2]))
+        if not (b[0][0] > 0 and b[1][1] > 0 and b[2][2] > 0 and abs(b[0][1]) <= tol and abs(b[0][2]) <= tol
+                and abs(b[1][2]) <= tol):
             raise ValueError("box must be in OpenMM's reduced form: a = (ax,0,0), b = (bx,by,0), c = (cx,cy,cz)")
-        if abs(float(b[1, 0])) > 0.5 * float(b[0, 0]) + tol or abs(float(b[2, 0])) > 0.5 * float(b[0, 0]) + tol \
-                or abs(float(b[2, 1])) > 0.5 * float(b[1, 1]) + tol:
+        if abs(b[1][0]) > 0.5 * b[0][0] + tol or abs(b[2][0]) > 0.5 * b[0][0] + tol \
+                or abs(b[2][1]) > 0.5 * b[1][1] + tol:
             raise ValueError("box must be reduced (|bx| <= ax/2, |cx| <= ax/2, |cy| <= by/2); reduce it with "
                              "openmm.app.internal.unitcell.reducePeriodicBoxVectors")
-        if cutoff > 0.5 * float(torch.min(b.diagonal())):
+        if cutoff > 0.5 * min(b[0][0], b[1][1], b[2][2]):
             raise ValueError("cutoff is more than half the smallest box width; use a larger box or a smaller cutoff")
     if exclusions is not None:
         if exclusions.dim() != 2 or exclusions.shape[1] != 2:
