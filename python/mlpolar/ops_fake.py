@@ -57,6 +57,12 @@ def _embedding(recv_positions, src_positions, coeffs, recv_widths, src_widths, b
     return recv_positions.new_empty(recv_positions.shape[0], _ncart(deg_out))
 
 
+def _features(ml_positions, ml_widths, mm_positions, mm_charges, box, exclusions, cutoff, switch_width, max_order):
+    n = ml_positions.shape[0]
+    return tuple(ml_positions.new_empty((n,) + (3,) * k) if k <= max_order else ml_positions.new_empty(0)
+                 for k in range(4))
+
+
 FAKES: Dict[str, Callable] = {
     "multipole_field": _field,
     "multipole_field2": _field2,
@@ -66,6 +72,7 @@ FAKES: Dict[str, Callable] = {
     "fukui_equilibrate": _fukui,
     "fukui_equilibrate_backward": _fukui_backward,
     "embedding_field": _embedding,
+    "embedding_features": _features,
 }
 
 

@@ -299,23 +299,80 @@ def test_torchscript_module():
     torch.testing.assert_close(g1, g2)
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize("max_order", [0, 1, 2, 3])
+def test_graph_free_calls_and_lower_orders(max_order):
+    """No graph (inference mode, no_grad) runs the operator's plain kernel: the same features as a
+    call that records a graph; orders above max_order are None and the lower ones unchanged."""
+    ml, widths, mm, q = _system(box=TRICLINIC, seed=61)
+    excl = torch.tensor([[1, 4]])
+
+    def feats(**kw):
+        return _full(mm_features(ml, widths, mm, q, box=TRICLINIC, cutoff=1.0, exclusions=excl, long_range=False,
+                                 **kw))
+
+    full = feats()
+    x = ml.clone().requires_grad_(True)
+    recorded = _full(mm_features(x, widths, mm, q, box=TRICLINIC, cutoff=1.0, exclusions=excl, long_range=False,
+                                 max_order=max_order))
+    with torch.inference_mode():
+        inference = feats(max_order=max_order)
+    with torch.no_grad():
+        no_grad = feats(max_order=max_order)
+    for k in range(4):
+        for T in (recorded, inference, no_grad):
+            if k > max_order:
+                assert T[k] is None
+            else:
+                torch.testing.assert_close(T[k].detach(), full[k], rtol=1e-12, atol=1e-12)
+    assert recorded[max_order].grad_fn is not None
+
+
+BAD_INPUT = [
     (dict(ml_positions=torch.zeros(3, 2, dtype=F64)), "ml_positions"),
     (dict(mm_charges=torch.zeros(7, dtype=F64)), "mm_charges"),
     (dict(mm_positions=torch.zeros(10, 3, dtype=torch.float32)), "dtype"),
-    (dict(ml_widths=-torch.ones(3, dtype=F64)), "ml_widths"),
+    (dict(ml_widths=-torch.ones(3, dtype=F64)), "ml_widths must be >= 0"),
+    (dict(ml_widths=torch.tensor([0.1, float("nan"), 0.1], dtype=F64)), "ml_widths must be >= 0"),
+    (dict(ml_positions=torch.tensor([[0.0, 0.0, 0.0], [0.1, float("nan"), 0.0], [0.2, 0.0, 0.0]], dtype=F64)),
+     "contain NaN or infinite"),
+    (dict(mm_positions=torch.rand(10, 3, dtype=F64).index_fill(0, torch.tensor([4]), float("inf"))),
+     "contain NaN or infinite"),
+    (dict(mm_charges=torch.zeros(10, dtype=F64).index_fill(0, torch.tensor([9]), float("nan"))),
+     "mm_charges contain NaN"),
     (dict(max_order=4), "max_order"),
     (dict(switch_width=1.5), "switch_width"),
-    (dict(exclusions=torch.tensor([[0, 10]])), "exclusions"),
-    (dict(box=torch.tensor([[2.0, 0.3, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]], dtype=F64)), "reduced form"),
+    (dict(exclusions=torch.tensor([[0, 10]])), r"exclusions\[:, 1\]"),
+    (dict(exclusions=torch.tensor([[-1, 2]])), r"exclusions\[:, 0\]"),
+    (dict(box=torch.tensor([[2.2, 0.3, 0.0], [0.0, 2.2, 0.0], [0.0, 0.0, 2.2]], dtype=F64)), "reduced form"),
+    (dict(box=torch.tensor([[2.2, 0.0, 0.0], [1.5, 2.2, 0.0], [0.0, 0.0, 2.2]], dtype=F64)), "must be reduced"),
     (dict(box=torch.eye(3, dtype=F64) * 1.5), "half the smallest box width"),
-])
-def test_bad_input_raises_value_error(change, message):
+]
+
+
+@pytest.mark.parametrize("boundary", ["open", "box-real-space", "box-ewald"])
+@pytest.mark.parametrize("change, message", BAD_INPUT)
+def test_bad_input_raises_value_error(change, message, boundary):
+    """The same errors from every path: the real-space operator checks the values in C++
+    (embedding_features), the Ewald path in Python (_check_values)."""
     args = dict(ml_positions=torch.zeros(3, 3, dtype=F64), ml_widths=None,
-                mm_positions=torch.rand(10, 3, dtype=F64) + 1, mm_charges=torch.zeros(10, dtype=F64), cutoff=1.0)
+                mm_positions=torch.rand(10, 3, dtype=F64) + 1, mm_charges=torch.zeros(10, dtype=F64), cutoff=1.0,
+                box=None if boundary == "open" else torch.eye(3, dtype=F64) * 3.0,
+                long_range=boundary == "box-ewald")
     args.update(change)
     with pytest.raises(ValueError, match=message):
         mm_features(**args)
+
+
+def test_operator_checks_values_before_work():
+    """Called directly, embedding_features raises the value errors itself (ValueError)."""
+    x, y, q = torch.zeros(3, 3, dtype=F64), torch.rand(10, 3, dtype=F64) + 1, torch.zeros(10, dtype=F64)
+    excl = torch.zeros(0, 2, dtype=torch.long)
+    y[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="contain NaN or infinite"):
+        torch.ops.mlpolar.embedding_features(x, None, y, q, None, excl, 1.0, 0.1, 3)
+    with pytest.raises(ValueError, match="half the smallest box width"):
+        torch.ops.mlpolar.embedding_features(x, None, y.nan_to_num(), q, torch.eye(3, dtype=F64) * 1.5, excl, 1.0,
+                                             0.1, 3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -54,6 +54,10 @@ def _cases():
                              torch.zeros(0, 2, dtype=torch.long), 1.2, 0.1, 0.0, 2),
                             (pos, mm, torch.randn(11, 1, generator=g, dtype=D), w, None, _box(),
                              torch.tensor([[0, 3]]), 0.9, 0.1, 3.0, 3)],
+        "embedding_features": [(pos, w, mm, torch.randn(11, generator=g, dtype=D), None,
+                                torch.zeros(0, 2, dtype=torch.long), 1.2, 0.1, 3),
+                               (pos, None, mm, torch.randn(11, generator=g, dtype=D), _box(),
+                                torch.tensor([[0, 3]]), 0.9, 0.2, 1)],
     }
 
 
@@ -82,6 +86,7 @@ GRAD_ARGS = {
     "fukui_equilibrate": [(0, 1, 2)],
     "fukui_equilibrate_backward": [(0, 1, 2, 3)],
     "embedding_field": [(0, 1, 2, 3), (0, 1, 2)],    # ML and MM positions, MM charges, ML widths
+    "embedding_features": [(0, 1, 2, 3), (0, 2, 3)],  # ML positions and widths, MM positions and charges
 }
 
 

@@ -8,14 +8,15 @@ of the MM charges' potential as seen by the Gaussian of width sigma_i at ML site
 sites for sigma = 0), in kJ/mol/e/nm^k. An ML Gaussian multipole (q, mu, Theta traceless)
 interacts with the MM charges as q T0 + mu . T1 + 1/3 Theta : T2 (docs/interfaces.md).
 
-Real space runs in the compiled `embedding_field` operator (ML-centric search, C4 switch over
-the last `switch_width` of the cutoff, Gaussian damping, exclusions); with a box and
+Real space runs in the compiled `embedding_features` operator (`embedding_field`'s ML-centric
+search, C4 switch over the last `switch_width` of the cutoff, Gaussian damping, exclusions, with
+the trace removal and the Coulomb constant in the same autograd node); with a box and
 long_range=True the switch is off and the result is full Ewald: erfc-damped real space, smooth
 PME for the reciprocal part, exclusion corrections and the neutralising background. Every
 function here compiles with torch.jit.script.
 """
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -55,12 +56,11 @@ def mm_features(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], m
             and grid override the choice from the tolerance, see _ewald_parameters). The OpenMM
             layer passes the NonbondedForce's ewaldErrorTolerance here.
     """
-    _check(ml_positions, ml_widths, mm_positions, mm_charges, box, cutoff, max_order, switch_width, exclusions,
-           tolerance, pme_order)
+    _check_arguments(ml_positions, ml_widths, mm_positions, mm_charges, box, cutoff, max_order, switch_width,
+                     exclusions, tolerance, pme_order)
     dtype, device = ml_positions.dtype, ml_positions.device
     excl = torch.zeros((0, 2), dtype=torch.long, device=device) if exclusions is None \
         else exclusions.to(device=device, dtype=torch.long)
-    coeffs = mm_charges[:, None]  # charges are their own source coefficients
     ewald = box is not None and long_range
     beta = 0.0
     grid_size: List[int] = [0, 0, 0]
@@ -71,10 +71,17 @@ def mm_features(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], m
             beta = float(alpha)
         if grid is not None:
             grid_size = [int(g) for g in grid]
-    V = torch.ops.mlpolar.embedding_field(ml_positions, mm_positions, coeffs, ml_widths, None, box, excl,
-                                          float(cutoff), 0.0 if ewald else float(switch_width), beta, int(max_order))
     if not ewald:
-        return _features_of_packed(V, max_order)
+        # one operator and one autograd node: the kernel, the trace removal and the Coulomb constant;
+        # it makes _check_values' checks itself (in C++, before any work)
+        F0, F1, F2, F3 = torch.ops.mlpolar.embedding_features(ml_positions, ml_widths, mm_positions, mm_charges, box,
+                                                              excl, float(cutoff), float(switch_width), int(max_order))
+        return MMFeatures(F0, F1 if max_order >= 1 else None, F2 if max_order >= 2 else None,
+                          F3 if max_order >= 3 else None)
+    _check_values(ml_positions, ml_widths, mm_positions, mm_charges, box, cutoff, exclusions)
+    coeffs = mm_charges[:, None]  # charges are their own source coefficients
+    V = torch.ops.mlpolar.embedding_field(ml_positions, mm_positions, coeffs, ml_widths, None, box, excl,
+                                          float(cutoff), 0.0, beta, int(max_order))
     T0, T1, T2, T3 = unpack_derivatives(V, max_order)
     if box is not None and ewald:
         recip = torch.linalg.inv(box)
@@ -108,82 +115,6 @@ def mm_features(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], m
     if T3 is not None:
         T3 = k * traceless3(T3)
     return MMFeatures(T0, T1, T2, T3)
-
-
-def _features_of_packed(V: torch.Tensor, max_order: int) -> MMFeatures:
-    """Real-space features from the packed derivatives V [n, ncart(max_order)]: the unpacking, the
-    trace removal and the Coulomb constant are one linear map, applied as one matmul (one autograd
-    node instead of a dozen small ones on the per-step path)."""
-    F = V @ _feature_projection(max_order, V.dtype, V.device)
-    n = V.shape[0]
-    T1: Optional[torch.Tensor] = None
-    T2: Optional[torch.Tensor] = None
-    T3: Optional[torch.Tensor] = None
-    if max_order >= 1:
-        T1 = F[:, 1:4]
-    if max_order >= 2:
-        T2 = F[:, 4:13].reshape(n, 3, 3)
-    if max_order >= 3:
-        T3 = F[:, 13:40].reshape(n, 3, 3, 3)
-    return MMFeatures(F[:, 0], T1, T2, T3)
-
-
-def _feature_projection(max_order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if torch.jit.is_scripting():
-        return _build_feature_projection(max_order, dtype, device)
-    return _cached_feature_projection(max_order, dtype, device)
-
-
-_PROJECTIONS: Dict[Tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
-
-
-@torch.jit.unused
-def _cached_feature_projection(max_order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (max_order, dtype, device)
-    P = _PROJECTIONS.get(key)
-    if P is None:
-        with torch.inference_mode(False):  # a normal tensor even if first asked for in inference mode
-            P = _build_feature_projection(max_order, dtype, device)
-        _PROJECTIONS[key] = P
-    return P
-
-
-def _build_feature_projection(max_order: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """P [ncart(max_order), 1 + 3 + 9 + 27 (up to max_order)] with V @ P = k (T0, T1, traceless T2,
-    traceless T3) flattened row-major: T2_ab - delta_ab tr/3 and T3_abc - (delta_ab v_c + delta_ac v_b
-    + delta_bc v_a)/5, v_c = sum_e T3_eec (traceless2, traceless3)."""
-    k = _coulomb()
-    rows = [1, 4, 10, 20][max_order]
-    cols = [1, 4, 13, 40][max_order]
-    P: List[float] = [0.0] * (rows * cols)
-    P[0] = k
-    if max_order >= 1:
-        for a in range(3):
-            P[(1 + a) * cols + 1 + a] = k
-    if max_order >= 2:
-        idx2 = [4, 5, 6, 5, 7, 8, 6, 8, 9]
-        for a in range(3):
-            for b in range(3):
-                col = 4 + 3 * a + b
-                P[idx2[3 * a + b] * cols + col] += k
-                if a == b:
-                    for e in range(3):
-                        P[idx2[4 * e] * cols + col] -= k / 3.0
-    if max_order >= 3:
-        idx3 = _index3()
-        for a in range(3):
-            for b in range(3):
-                for c in range(3):
-                    col = 13 + 9 * a + 3 * b + c
-                    P[idx3[9 * a + 3 * b + c] * cols + col] += k
-                    for e in range(3):  # the three trace terms v_c, v_b, v_a
-                        if a == b:
-                            P[idx3[9 * e + 3 * e + c] * cols + col] -= k / 5.0
-                        if a == c:
-                            P[idx3[9 * e + 3 * e + b] * cols + col] -= k / 5.0
-                        if b == c:
-                            P[idx3[9 * e + 3 * e + a] * cols + col] -= k / 5.0
-    return torch.tensor(P, dtype=dtype, device=device).reshape(rows, cols)
 
 
 def _coulomb() -> float:
@@ -265,10 +196,11 @@ def _all_finite(t: torch.Tensor) -> bool:
     return math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all())
 
 
-def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_positions: torch.Tensor,
-           mm_charges: torch.Tensor, box: Optional[torch.Tensor], cutoff: float, max_order: int, switch_width: float,
-           exclusions: Optional[torch.Tensor], tolerance: float, pme_order: int) -> None:
-    """Clear errors before any kernel runs."""
+def _check_arguments(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_positions: torch.Tensor,
+                     mm_charges: torch.Tensor, box: Optional[torch.Tensor], cutoff: float, max_order: int,
+                     switch_width: float, exclusions: Optional[torch.Tensor], tolerance: float, pme_order: int) -> None:
+    """Clear errors before any kernel runs: shapes, dtypes, devices and scalar arguments (no tensor
+    data is read; _check_values reads it)."""
     if ml_positions.dim() != 2 or ml_positions.shape[1] != 3:
         raise ValueError("ml_positions must have shape [n, 3] (nm)")
     if ml_positions.dtype != torch.float32 and ml_positions.dtype != torch.float64:
@@ -283,17 +215,11 @@ def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_pos
             raise ValueError("mm_positions and mm_charges must have the dtype of ml_positions; convert them")
         if t.device != ml_positions.device:
             raise ValueError("mm_positions and mm_charges must be on the device of ml_positions; move them")
-    if not _all_finite(ml_positions) or not _all_finite(mm_positions):
-        raise ValueError("ml_positions or mm_positions contain NaN or infinite values")
-    if not _all_finite(mm_charges):
-        raise ValueError("mm_charges contain NaN or infinite values")
     if ml_widths is not None:
         if ml_widths.dim() != 1 or ml_widths.shape[0] != n:
             raise ValueError("ml_widths must have shape [n] to match ml_positions [n, 3], or be None for point sites")
         if ml_widths.dtype != ml_positions.dtype or ml_widths.device != ml_positions.device:
             raise ValueError("ml_widths must have the dtype and device of ml_positions")
-        if n > 0 and bool((ml_widths < 0).any()):
-            raise ValueError("ml_widths must be >= 0 (nm); use None for point sites")
     if not cutoff > 0.0:
         raise ValueError("cutoff must be positive (nm)")
     if max_order < 0 or max_order > 3:
@@ -309,6 +235,27 @@ def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_pos
             raise ValueError("box must be a [3, 3] tensor whose rows are the box vectors a, b, c (nm)")
         if box.dtype != ml_positions.dtype or box.device != ml_positions.device:
             raise ValueError("box must have the dtype and device of ml_positions")
+    if exclusions is not None:
+        if exclusions.dim() != 2 or exclusions.shape[1] != 2:
+            raise ValueError("exclusions must be an integer tensor of shape [P, 2] of (ml_index, mm_index) pairs")
+        if exclusions.dtype != torch.int64 and exclusions.dtype != torch.int32:
+            raise ValueError("exclusions must be an int32 or int64 tensor")
+
+
+def _check_values(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_positions: torch.Tensor,
+                  mm_charges: torch.Tensor, box: Optional[torch.Tensor], cutoff: float,
+                  exclusions: Optional[torch.Tensor]) -> None:
+    """Clear errors before any kernel runs: the values (finite, widths >= 0, box reduced form,
+    exclusion indices). The real-space operator embedding_features makes the same checks in C++
+    (check_feature_values in csrc/embedding_autograd.cpp, same messages)."""
+    n, m = ml_positions.shape[0], mm_positions.shape[0]
+    if not _all_finite(ml_positions) or not _all_finite(mm_positions):
+        raise ValueError("ml_positions or mm_positions contain NaN or infinite values")
+    if not _all_finite(mm_charges):
+        raise ValueError("mm_charges contain NaN or infinite values")
+    if ml_widths is not None and n > 0 and not bool((ml_widths >= 0).all()):
+        raise ValueError("ml_widths must be >= 0 (nm); use None for point sites")
+    if box is not None:
         # one host copy of the nine numbers (each float(b[i, j]) would be an indexing op and a sync)
         b: List[List[float]] = box.detach().to(torch.float64).cpu().tolist()
         tol = 1e-6 * max(abs(b[0][0]), abs(b[1][1]), abs(b[2][2]))
@@ -321,13 +268,8 @@ def _check(ml_positions: torch.Tensor, ml_widths: Optional[torch.Tensor], mm_pos
                              "openmm.app.internal.unitcell.reducePeriodicBoxVectors")
         if cutoff > 0.5 * min(b[0][0], b[1][1], b[2][2]):
             raise ValueError("cutoff is more than half the smallest box width; use a larger box or a smaller cutoff")
-    if exclusions is not None:
-        if exclusions.dim() != 2 or exclusions.shape[1] != 2:
-            raise ValueError("exclusions must be an integer tensor of shape [P, 2] of (ml_index, mm_index) pairs")
-        if exclusions.dtype != torch.int64 and exclusions.dtype != torch.int32:
-            raise ValueError("exclusions must be an int32 or int64 tensor")
-        if exclusions.shape[0] > 0:
-            if int(exclusions[:, 0].min()) < 0 or int(exclusions[:, 0].max()) >= n:
-                raise ValueError("exclusions[:, 0] must index ML sites in [0, n)")
-            if int(exclusions[:, 1].min()) < 0 or int(exclusions[:, 1].max()) >= m:
-                raise ValueError("exclusions[:, 1] must index MM atoms in [0, m)")
+    if exclusions is not None and exclusions.shape[0] > 0:
+        if int(exclusions[:, 0].min()) < 0 or int(exclusions[:, 0].max()) >= n:
+            raise ValueError("exclusions[:, 0] must index ML sites in [0, n)")
+        if int(exclusions[:, 1].min()) < 0 or int(exclusions[:, 1].max()) >= m:
+            raise ValueError("exclusions[:, 1] must index MM atoms in [0, m)")
