@@ -13,6 +13,10 @@ layers, 0.5 nm cutoff, 8 Bessel functions, K = 2 polarisation iterations, 8 cont
 float32); they differ only in `variant`. PolarMACE: the same width in 0e and 1o channels, 2
 interactions, 5 Å cutoff, 8 Bessel functions, 2 recursion (polarisation) steps, charges and dipoles.
 CPU figures are the process's CPU time (one thread), best of --repeats after a warm-up.
+
+Weights are frozen (requires_grad False), as in MD and evaluation. The fast variant then runs its
+fused operator (csrc/fast_model.cpp, docs/model.md); "fast-composed" is the same model on the
+composed path that trainable weights take (autograd through every op), reported next to it.
 """
 import argparse
 import csv
@@ -109,7 +113,7 @@ def polar_mace(dtype, device, channels):
                                   "potential_embedding_cls": "AgnosticChargeBiasedLinearPotentialEmbedding",
                                   "nonlinearity_cls": "MLPNonLinearity"},
         field_readout_config={"type": "OneBodyMLPFieldReadout"},
-    ).to(device=device, dtype=dtype)
+    ).to(device=device, dtype=dtype).requires_grad_(False)
     # mace-torch 0.3.16 passes force_pbc_evaluator and pbc keywords that graph_longrange 0.4.4's
     # GTOElectrostaticFeatures no longer takes (pbc is already in its geometry cache; its
     # external-source wrapper drops the retired option the same way): drop them for this instance
@@ -185,13 +189,21 @@ def main():
     dtype, device = getattr(torch, a.dtype), a.device
     torch.set_num_threads(a.threads)
     rows = []
+    # frozen weights, as in MD (MLPolarForce) and evaluation: the fast variant then runs as one fused
+    # operator (csrc/fast_model.cpp); "fast-composed" is the same model on its training path (autograd
+    # through every op), the path a model with trainable weights takes
     models = {v: MLPolar(MLPolarConfig(elements=[1, 8], variant=v, channels=a.channels)).to(dtype=dtype, device=device)
-              for v in ("equivariant", "fast")}
+              .requires_grad_(False) for v in ("equivariant", "fast")}
+    composed = MLPolar(MLPolarConfig(elements=[1, 8], variant="fast", channels=a.channels)).to(dtype=dtype, device=device)
+    composed.load_state_dict(models["fast"].state_dict())
+    composed.fused_inference = False
+    models["fast-composed"] = composed.requires_grad_(False)
     if a.compile and a.capture:
         torch._dynamo.config.capture_dynamic_output_shape_ops = True
     if a.compile:
         # inductor, dynamic shapes: one compilation per variant and per MM/no-MM path, reused across sizes
         # (the warm-up call of each size pays any recompilation; it is not timed)
+        # (the fused operator is eager only: under torch.compile the fast variant takes its composed path)
         models.update({f"{v}-compiled": torch.compile(models[v], dynamic=True) for v in ("equivariant", "fast")})
     for n in a.sizes:
         for m in a.mm:

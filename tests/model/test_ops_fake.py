@@ -27,6 +27,21 @@ def _box():
     return torch.tensor([[2.0, 0.0, 0.0], [0.3, 2.1, 0.0], [-0.2, 0.4, 2.2]], dtype=D)
 
 
+def _fast_energy_args(pos, frag):
+    """Arguments of fast_energy as a frozen fast MLPolar passes them (two fragments, MM features)."""
+    from mlpolar.model import MLPolar, MLPolarConfig
+    torch.manual_seed(0)
+    model = MLPolar(MLPolarConfig(elements=[1, 8], variant="fast", channels=8, contraction_channels=2)).double()
+    index = torch.tensor([1, 0, 0, 1, 0, 0, 0])
+    g = torch.Generator().manual_seed(2)
+    targets = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=D)
+    inv_count = torch.tensor([1 / 3] * 3 + [1 / 4] * 4, dtype=D)
+    return (pos, model.widths_of(index).detach(), index, frag, targets, inv_count, torch.randn(N, generator=g, dtype=D),
+            torch.randn(N, 3, generator=g, dtype=D), torch.tensor([1.0, 0.0, 2.0], dtype=D),
+            [w.detach() for w in model._fused_weights()], 2, 2, 0, model.coulomb, model.feature_length, model.cutoff,
+            model.radial_basis, model.envelope_power, model.energy_scale, model.charge_blocks[0].norm, True)
+
+
 def _cases():
     g = torch.Generator().manual_seed(1)
     pos = _positions()
@@ -38,7 +53,9 @@ def _cases():
     grid = [16, 16, 16]
     u = torch.rand(N, 3, generator=g, dtype=D) * 16
     frag = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    fast = _fast_energy_args(pos, frag)
     return {
+        "fast_energy": [fast, fast[:-1] + (False,), fast + (True,)],   # CPU loops, forward only, ATen path
         "multipole_field": [(pos, c1, w, None, ptr, idx, 0.0, 0.0, 1, False),
                             (pos, c0, None, _box(), ptr, idx, 0.9, 3.0, 2, False)],
         "multipole_field2": [(pos, c1, c0, w, None, ptr, idx, 0.0, 0.0, 0, 1, False)],
@@ -87,6 +104,7 @@ GRAD_ARGS = {
     "fukui_equilibrate_backward": [(0, 1, 2, 3)],
     "embedding_field": [(0, 1, 2, 3), (0, 1, 2)],    # ML and MM positions, MM charges, ML widths
     "embedding_features": [(0, 1, 2, 3), (0, 2, 3)],  # ML positions and widths, MM positions and charges
+    "fast_energy": [(), (), ()],                      # returns its own gradients (model.mlpolar._FastEnergy)
 }
 
 

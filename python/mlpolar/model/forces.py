@@ -19,10 +19,19 @@ def energy_and_forces(model, species: torch.Tensor, positions: torch.Tensor, tot
     if mm_positions is not None:
         mm_pos = mm_positions.detach().requires_grad_(True)
         inputs.append(mm_pos)
-    with torch.enable_grad():
-        out = model(species, pos, total_charge, multiplicity, fragments, mm_pos, mm_charges, box, external_field, head)
-        energy = out["energy"]
-        grads = torch.autograd.grad(energy, inputs, create_graph=create_graph, allow_unused=True)
+    # a frozen fast model's fused operator differentiates once: second derivatives take the composed path
+    fused = getattr(model, "fused_inference", None)
+    if create_graph and fused:
+        model.fused_inference = False
+    try:
+        with torch.enable_grad():
+            out = model(species, pos, total_charge, multiplicity, fragments, mm_pos, mm_charges, box, external_field,
+                        head)
+            energy = out["energy"]
+            grads = torch.autograd.grad(energy, inputs, create_graph=create_graph, allow_unused=True)
+    finally:
+        if create_graph and fused:
+            model.fused_inference = fused
     f_ml = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
     if mm_pos is None:
         f_mm = positions.new_zeros(0, 3)
