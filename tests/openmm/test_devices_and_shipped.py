@@ -16,7 +16,7 @@ from mlpolar.openmm.force import prepare_evaluator
 from test_force import _PointChargeModel
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = "pxylene-t4l99a-v5"
+SHIPPED = "pxylene-t4l99a-v6"
 
 
 def test_device_differs_from_the_models(vacuum):

@@ -56,7 +56,8 @@ def test_init_from_a_model_file(make_config, tmp_path):
     architecture, weights and energy zero, so it predicts what the file predicts before training."""
     from mlpolar.model import save_model
     torch.manual_seed(0)
-    base = MLPolar(MLPolarConfig(elements=[1, 6], heads=["b3lyp-d3bj/def2-svp"], **SMALL)).double()
+    base = MLPolar(MLPolarConfig(elements=[1, 6], heads=["b3lyp-d3bj/def2-svp"], mm_cutoff=2.5,
+                                 **SMALL)).double()
     with torch.no_grad():
         base.reference_energy[0] = torch.tensor([-1.6e3, -1.0e5], dtype=torch.float64)
     save_model(base, tmp_path / "base.pt")
@@ -86,3 +87,67 @@ def test_init_names_a_shipped_model(make_config, tmp_path):
         assert init["model_spec"]["kwargs"]["elements"] == [1, 6]
         assert set(init["reference"]) == {"b3lyp-d3bj/def2-svp"}
         assert model_path("default").is_file()
+
+
+def test_new_model_gets_an_mm_cutoff_that_covers_the_labels(make_config, store_path, tmp_path):
+    """Without model.kwargs.mm_cutoff the trainer picks the cutoff that keeps every MM charge of
+    every label at full weight; a cutoff given too short is refused before any work, naming the
+    setting and the length that would do."""
+    from mlpolar.train.dataset import check_mm_reach, load_store, mm_reach
+    reach = max(mm_reach(c) for c in load_store(store_path))
+    assert 1.3 < reach < 2.5          # whole residues within 1.2 nm of the ligand
+    cfg = make_config(run="auto")
+    cfg["model"] = {"factory": "mlpolar.train.models:mlpolar", "kwargs": dict(SMALL)}
+    t = Trainer(cfg)
+    cut = t.model_spec["kwargs"]["mm_cutoff"]
+    assert t.model.mm_cutoff == cut
+    assert reach + 0.1 + 0.05 <= cut < reach + 0.1 + 0.05 + 0.1 + 1e-9
+    cfg = make_config(run="short")
+    cfg["model"] = {"factory": "mlpolar.train.models:mlpolar",
+                    "kwargs": {**SMALL, "mm_cutoff": 1.2}}
+    with pytest.raises(ValueError, match=r"beyond the model's mm_cutoff - mm_switch_width = "
+                                         r"1\.100 nm.*mm_cutoff >="):
+        Trainer(cfg)
+    assert not (tmp_path / "short" / "checkpoint.pt").exists()
+    short = MLPolar(MLPolarConfig(elements=[1, 6], mm_cutoff=1.2, **SMALL))
+    with pytest.warns(UserWarning, match="drops charges the label holds"):
+        check_mm_reach(short, load_store(store_path, [0]), warn=True)
+
+
+@pytest.mark.skipif(not _mm_path_available(),
+                    reason="MLPolar's MM embedding (issue 3 operator) is not wired in this build")
+def test_override_changes_the_mm_cutoff_of_an_init(make_config, tmp_path):
+    """model.override sets a model.init's MM cutoff: the weights are the file's, the run records
+    the new cutoff, and a cutoff that already covered every label changes no prediction."""
+    from mlpolar.model import save_model
+    torch.manual_seed(1)
+    base = MLPolar(MLPolarConfig(elements=[1, 6], heads=["b3lyp-d3bj/def2-svp"], mm_cutoff=2.5,
+                                 **SMALL)).double()
+    save_model(base, tmp_path / "base.pt")
+    cfg = make_config(run="tuned", epochs=1, batch_size=3)
+    cfg["model"] = {"init": str(tmp_path / "base.pt"), "override": {"mm_cutoff": 3.0}}
+    tuned = Trainer(cfg)
+    assert tuned.model.mm_cutoff == 3.0
+    assert tuned.model_spec["kwargs"]["mm_cutoff"] == 3.0
+    for (k, a), (_, b) in zip(base.state_dict().items(), tuned.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    c = tuned.data["val"][0]
+    torch.testing.assert_close(predict(tuned.model, c, "b3lyp-d3bj/def2-svp")["energy"],
+                               predict(base, c, "b3lyp-d3bj/def2-svp")["energy"])
+    tuned.train()
+    ckpt = torch.load(tmp_path / "tuned" / "checkpoint.pt", weights_only=False)
+    assert ckpt["model_spec"]["kwargs"]["mm_cutoff"] == 3.0
+
+
+def test_bad_override_fails_before_work(make_config, tmp_path):
+    from mlpolar.train.config import load_config
+    cfg = make_config(run="bad")
+    cfg["model"] = {"init": "default", "override": {"channels": 16}}
+    with pytest.raises(ValueError, match=r"model.override.channels: only \['mm_cutoff'"):
+        load_config(cfg)
+    cfg["model"] = {"init": "default", "override": {"mm_cutoff": -1.0}}
+    with pytest.raises(ValueError, match=r"model.override.mm_cutoff=-1.0 must be a positive"):
+        load_config(cfg)
+    cfg["model"] = {"factory": "mlpolar.train.models:mlpolar", "override": {"mm_cutoff": 3.0}}
+    with pytest.raises(ValueError, match="without model.init put them in model.kwargs"):
+        load_config(cfg)

@@ -19,6 +19,8 @@ DEFAULTS = {
         "init": None,           # a training checkpoint, a model file or a shipped model name
                                 # ("default"): a new run starts from its architecture, (EMA)
                                 # weights and reference energies (fine-tuning)
+        "override": {},         # with init: settings of the init's architecture to change that
+                                # own no parameters (OVERRIDABLE), e.g. {mm_cutoff: 3.0}
     },
     "data": {
         "train": [],            # [{path, head, indices (list or 'a:b'), repeat}] (all but path optional)
@@ -44,6 +46,8 @@ DEFAULTS = {
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "exponential", "plateau")
 LOSS_TERMS = ("energy", "qm_forces", "mm_forces", "charges", "dipole", "interaction")
+# MLPolar settings a fine-tune may change: lengths of the MM embedding, which own no parameters
+OVERRIDABLE = ("mm_cutoff", "mm_switch_width", "mm_ewald_cutoff")
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -51,7 +55,8 @@ def _merge(base: dict, over: dict, where: str) -> dict:
     for k, v in (over or {}).items():
         if k not in base:
             raise ValueError(f"unknown config key {where}{k!r}; allowed: {sorted(base)}")
-        if isinstance(base[k], dict) and k not in ("kwargs", "split", "optimizer", "scheduler"):
+        if isinstance(base[k], dict) and k not in ("kwargs", "override", "split", "optimizer",
+                                                        "scheduler"):
             if not isinstance(v, dict):
                 raise TypeError(f"config key {where}{k!r} must be a mapping, got {type(v).__name__}")
             out[k] = _merge(base[k], v, f"{where}{k}.")
@@ -111,6 +116,18 @@ def validate(cfg: dict) -> None:
         if cfg["model"]["kwargs"]:
             raise ValueError("model.init and model.kwargs are both given: a run started from a "
                              "checkpoint has that checkpoint's architecture; remove model.kwargs")
+    override = cfg["model"]["override"] or {}
+    if not isinstance(override, dict):
+        raise TypeError(f"model.override must be a mapping, got {type(override).__name__}")
+    if override and init is None:
+        raise ValueError("model.override changes a model.init checkpoint's settings; without "
+                         "model.init put them in model.kwargs")
+    for k, v in override.items():
+        if k not in OVERRIDABLE:
+            raise ValueError(f"model.override.{k}: only {list(OVERRIDABLE)} can change in a "
+                             "fine-tune (they own no parameters); train a new model for others")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"model.override.{k}={v!r} must be a positive length in nm")
     d = cfg["data"]
     if not d["train"]:
         raise ValueError("data.train is empty: list the label stores to train on, e.g. "

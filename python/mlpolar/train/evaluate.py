@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .baseline import baseline_interaction_energies
-from .dataset import load_store
+from .dataset import check_mm_reach, load_store
 from .metrics import compute_metrics, parity_plots
 from .predict import predict
 
@@ -152,6 +152,7 @@ def command(a: argparse.Namespace) -> int:
             selection.append((path, idx))
     for path, idx in selection:
         configs = [c.to(a.device, dtype) for c in load_store(path, idx, head=head)]
+        check_mm_reach(model, configs, warn=True)   # figures of such a model are still wanted
         name = Path(path).stem
         m = evaluate_configs(model, configs, reference=reference, default_head=head,
                              plots_dir=out, prefix=f"{name}_", title=name)

@@ -20,6 +20,7 @@ Loss, averaged over the configurations of a batch:
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -34,8 +35,9 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.store import LabelStore
-from .config import LOSS_TERMS, load_config, select_indices
-from .dataset import batches, load_store, save_split, split_indices, store_info
+from .config import DEFAULTS, LOSS_TERMS, load_config, select_indices
+from .dataset import (MLPOLAR_SWITCH_WIDTH, batches, check_mm_reach, covering_mm_cutoff,
+                      load_store, save_split, split_indices, store_info)
 from .models import build_model
 from .predict import predict
 from .reference import fit_reference, install_reference
@@ -151,18 +153,26 @@ class Trainer:
         if ckpt:
             self.model_spec = ckpt["model_spec"]
         elif init:
-            self.model_spec = init["model_spec"]
+            self.model_spec = copy.deepcopy(init["model_spec"])
+            self.model_spec["kwargs"].update(c["model"]["override"] or {})
         else:
             kw = dict(c["model"]["kwargs"])
             kw.setdefault("elements", sorted({z for p in self.data.values() for x in p
                                               for z in x.species.tolist()}))
             kw.setdefault("heads", sorted({x.head for x in self.data["train"]}))
+            if c["model"]["factory"] == DEFAULTS["model"]["factory"] and "mm_cutoff" not in kw:
+                # the open-boundary MM cutoff that keeps every charge of every label at full weight
+                kw["mm_cutoff"] = covering_mm_cutoff(
+                    [x for p in self.data.values() for x in p],
+                    kw.get("mm_switch_width", MLPOLAR_SWITCH_WIDTH))
             self.model_spec = {"factory": c["model"]["factory"], "kwargs": kw}
         self.model = build_model(self.model_spec).to(device=self.device, dtype=self.dtype)
         missing_heads = {x.head for x in self.data["train"]} - set(self.model.heads)
         if missing_heads:
             raise ValueError(f"heads {sorted(missing_heads)} of the data are not heads of the "
                              f"model {list(self.model.heads)}; add them to model.kwargs.heads")
+        # before any work: a model that drops MM charges the labels hold cannot learn them
+        check_mm_reach(self.model, [x for p in self.data.values() for x in p])
         if init:
             missing_z = {z for p in self.data.values() for x in p for z in x.species.tolist()} \
                 - set(self.model.elements)
