@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -155,15 +156,15 @@ def mm_reach(c: Configuration) -> float:
     return float(torch.cdist(c.positions.double(), c.mm_positions.double()).max())
 
 
-# MLPolarConfig's default mm_switch_width (nm), for a cutoff chosen before the model exists
-MLPOLAR_SWITCH_WIDTH = 0.1
+def _covering(reach: float, switch_width: float) -> float:
+    # the next 0.1 nm step with the farthest charge at least 0.05 nm inside the switch
+    return math.ceil((reach + float(switch_width) + 0.05) * 10.0 - 1e-9) / 10.0
 
 
 def covering_mm_cutoff(configs: Sequence[Configuration], switch_width: float) -> float:
     """The smallest open-boundary MM cutoff, in steps of 0.1 nm, that keeps every MM charge of
     ``configs`` at full weight for every QM atom (at least 0.05 nm inside the switch)."""
-    reach = max((mm_reach(c) for c in configs), default=0.0)
-    return math.ceil((reach + float(switch_width) + 0.05) * 10.0 - 1e-9) / 10.0
+    return _covering(max((mm_reach(c) for c in configs), default=0.0), switch_width)
 
 
 def check_mm_reach(model, configs: Sequence[Configuration], *, warn: bool = False) -> None:
@@ -191,11 +192,10 @@ def check_mm_reach(model, configs: Sequence[Configuration], *, warn: bool = Fals
     msg = (f"configuration {where.index} of {where.source} has an MM charge {worst:.3f} nm from a "
            f"QM atom, beyond the model's mm_cutoff - mm_switch_width = {full:.3f} nm: the model "
            "drops charges the label holds. Use mm_cutoff >= "
-           f"{worst + float(switch) + 0.05:.2f} nm (model.kwargs."
+           f"{_covering(worst, switch):.1f} nm (model.kwargs."
            "mm_cutoff, or leave it out there and the trainer picks one that covers the labels; "
            "model.override.mm_cutoff when fine-tuning from model.init)")
     if warn:
-        import warnings
         warnings.warn(msg, stacklevel=2)
     else:
         raise ValueError(msg)

@@ -36,8 +36,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.store import LabelStore
 from .config import DEFAULTS, LOSS_TERMS, load_config, select_indices
-from .dataset import (MLPOLAR_SWITCH_WIDTH, batches, check_mm_reach, covering_mm_cutoff,
-                      load_store, save_split, split_indices, store_info)
+from .dataset import (batches, check_mm_reach, covering_mm_cutoff, load_store, save_split,
+                      split_indices, store_info)
 from .models import build_model
 from .predict import predict
 from .reference import fit_reference, install_reference
@@ -162,9 +162,10 @@ class Trainer:
             kw.setdefault("heads", sorted({x.head for x in self.data["train"]}))
             if c["model"]["factory"] == DEFAULTS["model"]["factory"] and "mm_cutoff" not in kw:
                 # the open-boundary MM cutoff that keeps every charge of every label at full weight
+                from ..model import MLPolarConfig
                 kw["mm_cutoff"] = covering_mm_cutoff(
                     [x for p in self.data.values() for x in p],
-                    kw.get("mm_switch_width", MLPOLAR_SWITCH_WIDTH))
+                    kw.get("mm_switch_width", MLPolarConfig.mm_switch_width))
             self.model_spec = {"factory": c["model"]["factory"], "kwargs": kw}
         self.model = build_model(self.model_spec).to(device=self.device, dtype=self.dtype)
         missing_heads = {x.head for x in self.data["train"]} - set(self.model.heads)
